@@ -1,0 +1,39 @@
+# Two commands for a newcomer: `make run` and `make test`. Both set themselves up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+# Demo settings for `make run` only; set your own PROJECTOR_* variables to override them.
+export PROJECTOR_SIGNING_KEYS ?= test:tk_demo_key,live:pk_demo_key
+export PROJECTOR_READ_TOKENS ?= demo-read-token
+export PROJECTOR_DB ?= data/projector.sqlite3
+
+.PHONY: run test lint typecheck pytest schemas clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/projector serve --seed data/sample-deliveries.jsonl
+
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check projector tests data
+	$(BIN)/ruff format --check projector tests data
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+schemas: $(STAMP)
+	$(BIN)/projector schemas
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

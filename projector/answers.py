@@ -1,0 +1,147 @@
+"""The JSON answers of the HTTP API, as pydantic models (`schemas/` is generated from them)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ConnectionStatus = Literal["connected", "expired", "deleted"]
+
+
+class Answer(BaseModel):
+    """Base of every answer: fields are exactly those declared."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(Answer):
+    code: str = Field(description="Stable, machine-readable, e.g. 'invalid_signature'.")
+    message: str = Field(description="What was wrong and what to do about it.")
+
+
+class ErrorAnswer(Answer):
+    """Every 4xx/5xx body."""
+
+    error: ErrorDetail
+
+
+class DeliveryAccepted(Answer):
+    """200 from the receiver: the delivery is durably in the log."""
+
+    seq: int
+    environment: str
+    duplicate: bool = Field(description="True when it repeats an event already in the log.")
+
+
+class AccountConnection(Answer):
+    slug: str
+    status: ConnectionStatus
+    status_since: str = Field(description="createdAt of the event that decided the status.")
+    type: str | None
+    needs_reconnect: bool
+    first_seen: str
+    last_event_at: str
+
+
+class AccountConnections(Answer):
+    """The banner query: does this account need to reconnect an app?"""
+
+    linked_account_id: str
+    environment: str
+    needs_reconnect: bool
+    connections: list[AccountConnection]
+
+
+class ConnectionSummary(Answer):
+    linked_account_id: str
+    slug: str
+    status: ConnectionStatus
+    status_since: str
+
+
+class ConnectionList(Answer):
+    connections: list[ConnectionSummary]
+    next_cursor: str | None
+
+
+class RunDelivery(Answer):
+    seq: int
+    event: str | None
+    status: str | None
+    duplicate: bool
+
+
+class WorkflowRunSummary(Answer):
+    instance_id: str
+    workflow_id: str | None
+    workflow_name: str | None
+    config_id: str | None
+    linked_account_id: str
+    environment: str
+    status: str = Field(description="Lower case: completed, errored, stopped, timed_out, ...")
+
+
+class WorkflowRunAnswer(WorkflowRunSummary):
+    deliveries: list[RunDelivery] = Field(
+        description="Every verified delivery for this run, duplicates included, in log order."
+    )
+
+
+class WorkflowRunList(Answer):
+    runs: list[WorkflowRunSummary]
+    next_cursor: str | None
+
+
+class AuditEvent(Answer):
+    seq: int
+    received_at: str
+    environment: str
+    event: str | None
+    linked_account_id: str | None
+    duplicate: bool
+    flags: list[str]
+    payload: dict[str, Any] | None
+
+
+class AuditEventDetail(AuditEvent):
+    duplicate_of: int | None
+    key_id: str = Field(description="Fingerprint of the key that verified it (not the key).")
+    signed_as: Literal["raw", "compact"]
+    headers: dict[str, str]
+    body_base64: str = Field(description="The exact bytes as received.")
+
+
+class AuditEventList(Answer):
+    events: list[AuditEvent]
+    next_cursor: str | None
+
+
+class ProjectionState(Answer):
+    name: str
+    version: int
+    position: int = Field(description="Last seq processed (folded or skipped).")
+    errors: int = Field(description="Events the fold raised on in this generation.")
+
+
+class Projections(Answer):
+    log_head: int
+    projections: list[ProjectionState]
+
+
+class Health(Answer):
+    status: Literal["ok"]
+
+
+ANSWERS: tuple[type[Answer], ...] = (
+    ErrorAnswer,
+    DeliveryAccepted,
+    AccountConnections,
+    ConnectionList,
+    WorkflowRunAnswer,
+    WorkflowRunList,
+    AuditEventList,
+    AuditEventDetail,
+    Projections,
+    Health,
+)

@@ -1,0 +1,268 @@
+"""The JSON query API: bearer-token reads of the read models and the audit trail."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Awaitable, Callable, Iterable
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from projector import answers, queries
+from projector.config import normalise_environment
+from projector.http import ApiError, Handler, error_response, json_answer
+
+logger = structlog.get_logger("projector.api")
+
+READERS = web.AppKey("readers", queries.ReaderPool)
+_STATUS_VALUE = re.compile(r"[a-z_]{1,40}")
+_SEQ_VALUE = re.compile(r"[0-9]{1,18}")
+
+
+# --- parameters -------------------------------------------------------------------------
+
+
+def _params(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
+    """The query parameters, refusing unknown or repeated ones (a typo must not widen a list)."""
+    allowed = {"environment", *allowed}
+    unknown = sorted(set(request.query) - allowed)
+    if unknown:
+        raise ApiError(
+            400,
+            "unknown_parameter",
+            f"unknown query parameter(s) {', '.join(unknown)}; this endpoint takes "
+            f"{', '.join(sorted(allowed))}",
+        )
+    repeated = sorted(k for k in request.query if len(request.query.getall(k)) > 1)
+    if repeated:
+        raise ApiError(400, "repeated_parameter", f"give {', '.join(repeated)} only once")
+    return dict(request.query)
+
+
+def _environment(params: dict[str, str]) -> str:
+    raw = params.get("environment", "live")
+    environment = normalise_environment(raw)
+    if environment is None:
+        raise ApiError(
+            400, "invalid_environment", f"environment {raw[:40]!r} is unknown; use test or live"
+        )
+    return environment
+
+
+def _limit(params: dict[str, str]) -> int:
+    raw = params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw[:6]) <= 1000 or len(raw) > 6:
+        raise ApiError(400, "invalid_limit", "limit must be a whole number from 1 to 1000")
+    return int(raw)
+
+
+def _seq(raw: str, name: str) -> int:
+    if not _SEQ_VALUE.fullmatch(raw):
+        raise ApiError(400, f"invalid_{name}", f"{name} must be a log position (0 or more)")
+    return int(raw)
+
+
+def _status(params: dict[str, str], allowed: Iterable[str] | None = None) -> str | None:
+    status = params.get("status")
+    if status is None:
+        return None
+    valid = allowed is None and _STATUS_VALUE.fullmatch(status)
+    if not valid and (allowed is None or status not in allowed):
+        choices = ", ".join(allowed) if allowed else "a lower-case status such as errored"
+        raise ApiError(400, "invalid_status", f"status {status[:40]!r} is not one of {choices}")
+    return status
+
+
+def _page(coroutine_factory: Callable[[], Awaitable[answers.Answer]]) -> Awaitable[answers.Answer]:
+    async def run() -> answers.Answer:
+        try:
+            return await coroutine_factory()
+        except queries.InvalidCursor:
+            raise ApiError(
+                400,
+                "invalid_cursor",
+                "cursor was not issued by this list; start again without a cursor",
+            ) from None
+
+    return run()
+
+
+# --- handlers ---------------------------------------------------------------------------
+
+
+async def account_connections(request: web.Request) -> web.Response:
+    params = _params(request, ())
+    async with request.app[READERS].connection() as conn:
+        answer = await queries.account_connections(
+            conn, _environment(params), request.match_info["linked_account_id"]
+        )
+    return json_answer(answer)
+
+
+async def list_connections(request: web.Request) -> web.Response:
+    params = _params(request, ("status", "slug", "limit", "cursor"))
+    environment, limit = _environment(params), _limit(params)
+    status = _status(params, ("connected", "expired", "deleted"))
+    async with request.app[READERS].connection() as conn:
+        answer = await _page(
+            lambda: queries.list_connections(
+                conn, environment, status, params.get("slug"), limit, params.get("cursor")
+            )
+        )
+    return json_answer(answer)
+
+
+async def workflow_run(request: web.Request) -> web.Response:
+    params = _params(request, ())
+    instance_id = request.match_info["instance_id"]
+    async with request.app[READERS].connection() as conn:
+        answer = await queries.workflow_run(conn, _environment(params), instance_id)
+    if answer is None:
+        raise ApiError(
+            404,
+            "run_not_found",
+            "no workflow run with this instance_id in this environment (check ?environment=)",
+        )
+    return json_answer(answer)
+
+
+async def account_runs(request: web.Request) -> web.Response:
+    params = _params(request, ("status", "workflow_id", "limit", "cursor"))
+    environment, limit, status = _environment(params), _limit(params), _status(params)
+    async with request.app[READERS].connection() as conn:
+        answer = await _page(
+            lambda: queries.account_runs(
+                conn,
+                environment,
+                request.match_info["linked_account_id"],
+                status,
+                params.get("workflow_id"),
+                limit,
+                params.get("cursor"),
+            )
+        )
+    return json_answer(answer)
+
+
+async def audit_events(request: web.Request) -> web.Response:
+    params = _params(request, ("linked_account_id", "event", "after", "limit", "cursor"))
+    environment, limit = _environment(params), _limit(params)
+    after = _seq(params.get("after", "0"), "after")
+    async with request.app[READERS].connection() as conn:
+        answer = await _page(
+            lambda: queries.audit_events(
+                conn,
+                environment,
+                params.get("linked_account_id"),
+                params.get("event"),
+                after,
+                limit,
+                params.get("cursor"),
+            )
+        )
+    return json_answer(answer)
+
+
+async def audit_event(request: web.Request) -> web.Response:
+    params = _params(request, ())
+    seq = _seq(request.match_info["seq"], "seq")
+    async with request.app[READERS].connection() as conn:
+        answer = await queries.audit_event(conn, _environment(params), seq)
+    if answer is None:
+        raise ApiError(
+            404,
+            "event_not_found",
+            "no delivery at this seq in this environment (check ?environment=)",
+        )
+    return json_answer(answer)
+
+
+async def projections(request: web.Request) -> web.Response:
+    _params(request, ())
+    async with request.app[READERS].connection() as conn:
+        answer = await queries.projection_states(conn)
+    return json_answer(answer)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_answer(answers.Health(status="ok"))
+
+
+def add_query_routes(app: web.Application) -> None:
+    """Register every GET route of the query API."""
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/accounts/{linked_account_id}/connections", account_connections)
+    app.router.add_get("/v1/accounts/{linked_account_id}/workflow-runs", account_runs)
+    app.router.add_get("/v1/connections", list_connections)
+    app.router.add_get("/v1/workflow-runs/{instance_id}", workflow_run)
+    app.router.add_get("/v1/events", audit_events)
+    app.router.add_get("/v1/events/{seq}", audit_event)
+    app.router.add_get("/v1/projections", projections)
+
+
+# --- middlewares ------------------------------------------------------------------------
+
+
+def bearer_auth(tokens: tuple[bytes, ...]) -> Middleware:
+    """Refuse /v1 reads without a valid token, before routing, so a 401 reveals nothing."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/") or request.path == "/v1":
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            offered = token.strip().encode("utf-8", "surrogateescape")
+            # compare_digest against every token: the time taken does not say which was near.
+            valid = [hmac.compare_digest(offered, t) for t in tokens]
+            if scheme.lower() != "bearer" or not any(valid):
+                return error_response(
+                    401,
+                    "unauthorised",
+                    "send a valid read token as 'Authorization: Bearer <token>' "
+                    "(tokens are set in PROJECTOR_READ_TOKENS)",
+                    {"WWW-Authenticate": 'Bearer realm="refold-projector"'},
+                )
+        return await handler(request)
+
+    return middleware
+
+
+@web.middleware
+async def etag(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tag every successful read with a hash of its body; honour If-None-Match with a 304."""
+    response = await handler(request)
+    if request.method != "GET" or response.status != 200 or not isinstance(response, web.Response):
+        return response
+    body = response.body
+    if not isinstance(body, bytes):
+        return response
+    tag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    response.headers["ETag"] = tag
+    response.headers["Cache-Control"] = "private, no-cache"
+    offered = {
+        t.strip().removeprefix("W/") for t in request.headers.get("If-None-Match", "").split(",")
+    }
+    if tag in offered or "*" in offered:
+        return web.Response(status=304, headers={"ETag": tag, "Cache-Control": "private, no-cache"})
+    return response
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as JSON: ours, aiohttp's (404, 405, 413) and unexpected ones (500)."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
+        return error_response(
+            exc.status, code, f"{exc.reason}: {request.method} {request.path[:200]}"
+        )
+    except Exception:
+        logger.exception("unexpected_error", method=request.method, path=request.path[:200])
+        return error_response(500, "internal_error", "an unexpected error; it has been logged")

@@ -1,0 +1,86 @@
+"""The composition root: wires settings, the write lane, readers, projector and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import structlog
+from aiohttp import web
+
+from projector import api, log, projection
+from projector.config import Settings
+from projector.queries import ReaderPool
+from projector.receiver import make_receiver
+from projector.writer import WriteLane
+
+logger = structlog.get_logger("projector.app")
+
+WRITE_LANE = web.AppKey("write_lane", WriteLane)
+PROJECTION_BATCH = 500
+# The projector also polls, so deliveries appended by another process are folded too.
+IDLE_POLL_SECONDS = 1.0
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC: the only clock the service reads (received_at)."""
+    return datetime.now(UTC)
+
+
+async def project_continuously(lane: WriteLane, wake: asyncio.Event) -> None:
+    """Fold new deliveries as they are committed, off the request path, forever."""
+    while True:
+        try:
+            folded = await lane.run(lambda c: projection.catch_up_batch(c, PROJECTION_BATCH))
+        except Exception as exc:  # e.g. the database is locked by a long rebuild: try again
+            logger.error("projection_batch_failed", error=str(exc))
+            folded = 0
+        if folded < PROJECTION_BATCH:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), IDLE_POLL_SECONDS)
+            wake.clear()
+
+
+async def open_storage(lane: WriteLane) -> None:
+    """Migrate the log, and rebuild any projection whose version changed."""
+    await lane.run(log.migrate)
+    stale = await lane.run(projection.prepare)
+    if stale:
+        logger.info("projection_version_changed", projections=stale, action="rebuild")
+        await lane.run(projection.rebuild)
+
+
+def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> web.Application:
+    """The whole service as an aiohttp application; storage opens on start-up."""
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[api.json_errors, api.bearer_auth(settings.read_tokens), api.etag],
+    )
+    wake = asyncio.Event()
+    lane = WriteLane(settings.db, settings.max_pending, on_commit=wake.set)
+    readers = ReaderPool(settings.db)
+    app[WRITE_LANE] = lane
+    app[api.READERS] = readers
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await lane.open()
+        await open_storage(lane)
+        await readers.open()
+        projector = asyncio.create_task(project_continuously(lane, wake), name="projector")
+        logger.info("storage_ready", db=str(settings.db))
+        yield
+        # Shutdown: requests have finished; stop folding, commit what is queued, close.
+        projector.cancel()
+        await asyncio.gather(projector, return_exceptions=True)
+        await lane.close()
+        await readers.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post(
+        "/webhooks/refold",
+        make_receiver(lane, settings.signing_keys, settings.max_body_bytes, clock),
+    )
+    api.add_query_routes(app)
+    return app

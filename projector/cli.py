@@ -1,0 +1,271 @@
+"""The `projector` command: serve, rebuild, send, events, schemas."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from projector import log, projection, queries, schemas
+from projector.app import build_app
+from projector.config import ConfigError, Settings, load_settings, normalise_environment
+from projector.logs import configure_logging
+from projector.sender import send_bodies
+
+logger = structlog.get_logger("projector.cli")
+EXIT_CONFIG = 2
+
+
+def _settings(args: argparse.Namespace, *, secrets: bool) -> Settings:
+    overrides = {
+        k: v
+        for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)))
+        if v is not None
+    }
+    return load_settings(require_secrets=secrets, **overrides)
+
+
+def _read_bodies(path: Path) -> list[bytes]:
+    """One delivery body per non-blank line, byte for byte."""
+    try:
+        return [line for line in path.read_bytes().splitlines() if line.strip()]
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+# --- serve ------------------------------------------------------------------------------
+
+
+async def _serve(settings: Settings, seed: list[bytes] | None) -> None:
+    runner = web.AppRunner(build_app(settings), access_log=None, shutdown_timeout=10)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    url = f"http://{settings.host}:{settings.port}"
+    logger.info("listening", url=url, db=str(settings.db))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    if seed is not None:
+        await _seed(settings, url, seed)
+    token = settings.read_tokens[0].decode()
+    print(
+        f"\nrefold-projector is listening on {url}\n"
+        f"  webhook URL: {url}/webhooks/refold\n"
+        f"  try:  curl -s -H 'Authorization: Bearer {token}' "
+        f"'{url}/v1/accounts/12345/connections?environment=live'\n",
+        file=sys.stderr,
+        flush=True,
+    )
+    await stop.wait()
+    logger.info("shutting_down", reason="signal")
+    # Stops accepting, lets in-flight deliveries finish and commit, then closes the log.
+    await runner.cleanup()
+    logger.info("stopped")
+
+
+async def _seed(settings: Settings, url: str, bodies: list[bytes]) -> None:
+    async with queries.ReaderPool(settings.db, size=1) as readers, readers.connection() as conn:
+        state = await queries.projection_states(conn)
+    if state.log_head:
+        logger.info("seed_skipped", reason="the log is not empty", log_head=state.log_head)
+        return
+    report = await send_bodies(f"{url}/webhooks/refold", bodies, settings.signing_keys, "test")
+    logger.info(
+        "seeded",
+        sent=report.sent,
+        accepted=report.accepted,
+        duplicates=report.duplicates,
+        failed=len(report.failed),
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args, secrets=True)
+    configure_logging(settings.log_format)
+    seed = None if args.seed is None else _read_bodies(args.seed)
+    asyncio.run(_serve(settings, seed))
+    return 0
+
+
+# --- rebuild ----------------------------------------------------------------------------
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    settings = _settings(args, secrets=False)
+    configure_logging(settings.log_format)
+    if not settings.db.exists():
+        raise ConfigError(f"PROJECTOR_DB: no database at {settings.db}; start the service first")
+    conn = log.connect(settings.db)
+    try:
+        log.migrate(conn)
+        head = projection.rebuild(conn)
+        for state in projection.statuses(conn):
+            print(
+                f"{state.name}: version {state.version}, position {state.position}, "
+                f"errors {state.errors}"
+            )
+    finally:
+        conn.close()
+    print(f"rebuilt from {head} deliveries")
+    return 0
+
+
+# --- send -------------------------------------------------------------------------------
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    settings = _settings(args, secrets=True)
+    configure_logging(settings.log_format)
+    bodies = _read_bodies(Path(args.file))
+    environment = normalise_environment(args.environment)
+    if environment is None:
+        raise ConfigError(f"--environment {args.environment!r}: use test or live")
+    report = asyncio.run(
+        send_bodies(args.url, bodies, settings.signing_keys, environment, args.concurrency)
+    )
+    for problem in report.failed:
+        print(problem, file=sys.stderr)
+    print(
+        f"sent {report.sent}, accepted {report.accepted}, duplicates {report.duplicates}, "
+        f"failed {len(report.failed)}"
+    )
+    return 1 if report.failed else 0
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+async def _print_events(settings: Settings, args: argparse.Namespace, environment: str) -> int:
+    printed, cursor = 0, None
+    async with queries.ReaderPool(settings.db, size=1) as readers, readers.connection() as conn:
+        while args.limit is None or printed < args.limit:
+            page_size = 1000 if args.limit is None else min(1000, args.limit - printed)
+            page = await queries.audit_events(
+                conn,
+                environment,
+                args.linked_account_id,
+                args.event,
+                args.after,
+                page_size,
+                cursor,
+            )
+            for event in page.events:
+                sys.stdout.write(event.model_dump_json() + "\n")
+            printed += len(page.events)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+    return printed
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    settings = _settings(args, secrets=False)
+    configure_logging(settings.log_format)
+    environment = normalise_environment(args.environment)
+    if environment is None:
+        raise ConfigError(f"--environment {args.environment!r}: use test or live")
+    if not settings.db.exists():
+        raise ConfigError(f"PROJECTOR_DB: no database at {settings.db}")
+    asyncio.run(_print_events(settings, args, environment))
+    return 0
+
+
+# --- schemas ----------------------------------------------------------------------------
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.check:
+        stale = schemas.stale_schemas(out)
+        for name in stale:
+            print(f"out of date: {out / name}", file=sys.stderr)
+        if stale:
+            print("run `projector schemas` to regenerate them", file=sys.stderr)
+        return 1 if stale else 0
+    for path in schemas.write_schemas(out):
+        print(path)
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="projector",
+        description="refold-projector: Refold webhooks in, durable event log, read models out. "
+        "Configured by PROJECTOR_* environment variables (see README).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the receiver, projectors and query API")
+    serve.add_argument("--host", help="address to listen on (PROJECTOR_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (PROJECTOR_PORT, default 8080)")
+    serve.add_argument(
+        "--seed",
+        type=Path,
+        metavar="FILE",
+        help="once listening, send FILE's deliveries to itself if the log is empty",
+    )
+    serve.set_defaults(run=cmd_serve)
+
+    rebuild = commands.add_parser(
+        "rebuild",
+        help="replay the whole log into fresh read models and swap them in "
+        "atomically (safe while the server runs)",
+    )
+    rebuild.set_defaults(run=cmd_rebuild)
+
+    send = commands.add_parser(
+        "send",
+        help="sign each line of FILE (one JSON body per line) with the configured key "
+        "of its environment and POST it",
+    )
+    send.add_argument("file", metavar="FILE")
+    send.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8080/webhooks/refold")
+    send.add_argument(
+        "--environment", default="test", help="for lines that name no environment (default test)"
+    )
+    send.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    send.set_defaults(run=cmd_send)
+
+    events = commands.add_parser("events", help="print the audit trail as JSON lines")
+    events.add_argument("--environment", default="live", help="test or live (default live)")
+    events.add_argument("--linked-account-id")
+    events.add_argument("--event", help="e.g. 'Connection Expired'")
+    events.add_argument("--after", type=int, default=0, help="only seq greater than this")
+    events.add_argument("--limit", type=int, help="at most this many events")
+    events.set_defaults(run=cmd_events)
+
+    schema = commands.add_parser("schemas", help="write the JSON Schemas of payloads and answers")
+    schema.add_argument("--out", default="schemas", help="folder (default schemas/)")
+    schema.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if the files are out of date"
+    )
+    schema.set_defaults(run=cmd_schemas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `projector` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"projector: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except log.LogSchemaError as exc:
+        print(f"projector: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Configuration: read once from the environment, validated, then handed down."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENVIRONMENTS = ("test", "live")
+# Refold's pages say "live" in some places and "production" in others: one environment.
+ENVIRONMENT_ALIASES = {"test": "test", "live": "live", "production": "live"}
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it and says how to fix it."""
+
+
+def normalise_environment(name: str) -> str | None:
+    """Map `live`/`production`/`test` (any case) to the canonical name, or None."""
+    return ENVIRONMENT_ALIASES.get(name.strip().lower())
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """One org API key that may sign deliveries for one environment."""
+
+    environment: str
+    secret: bytes
+    # A non-secret fingerprint, stored with each delivery to record which key matched.
+    key_id: str
+
+    def __repr__(self) -> str:  # never let a secret reach a log line or a traceback
+        return f"SigningKey(environment={self.environment!r}, key_id={self.key_id!r})"
+
+
+def fingerprint(environment: str, secret: str) -> str:
+    """A short, non-reversible name for a key: `live:3f2a9c1e`."""
+    return f"{environment}:{hashlib.sha256(secret.encode()).hexdigest()[:8]}"
+
+
+def parse_signing_keys(raw: str) -> tuple[SigningKey, ...]:
+    """Parse `test:tk_a,live:pk_new,live:pk_old` into keys, or raise ConfigError."""
+    hint = "set it to comma-separated environment:api_key pairs, e.g. 'test:tk_abc,live:pk_xyz'"
+    keys: list[SigningKey] = []
+    for position, pair in enumerate(raw.split(","), start=1):
+        pair = pair.strip()
+        if not pair:
+            continue
+        name, sep, secret = pair.partition(":")
+        environment = normalise_environment(name)
+        if not sep:
+            raise ConfigError(
+                f"PROJECTOR_SIGNING_KEYS: entry {position} has no ':' between environment "
+                f"and key; {hint}"
+            )
+        if environment is None:
+            raise ConfigError(
+                f"PROJECTOR_SIGNING_KEYS: entry {position} names environment {name.strip()!r}; "
+                f"use one of test, live (or production, an alias of live)"
+            )
+        secret = secret.strip()
+        if not secret:
+            raise ConfigError(f"PROJECTOR_SIGNING_KEYS: entry {position} has an empty key; {hint}")
+        keys.append(SigningKey(environment, secret.encode(), fingerprint(environment, secret)))
+    if not keys:
+        raise ConfigError(f"PROJECTOR_SIGNING_KEYS is empty or unset; {hint}")
+    return tuple(keys)
+
+
+def parse_read_tokens(raw: str) -> tuple[bytes, ...]:
+    """Parse comma-separated bearer tokens, or raise ConfigError."""
+    tokens = tuple(t.strip().encode() for t in raw.split(",") if t.strip())
+    if not tokens:
+        raise ConfigError(
+            "PROJECTOR_READ_TOKENS is empty or unset; set it to one or more comma-separated "
+            "bearer tokens, e.g. PROJECTOR_READ_TOKENS=$(openssl rand -hex 24)"
+        )
+    if any(len(t) < 8 for t in tokens):
+        raise ConfigError("PROJECTOR_READ_TOKENS: every token must be at least 8 characters long")
+    return tokens
+
+
+class Settings(BaseSettings):
+    """Every setting of the service, from PROJECTOR_* environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="PROJECTOR_", extra="ignore")
+
+    db: Path = Path("data/projector.sqlite3")
+    signing_keys: Annotated[tuple[SigningKey, ...], NoDecode] = Field(default=(), repr=False)
+    read_tokens: Annotated[tuple[bytes, ...], NoDecode] = Field(default=(), repr=False)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Deliveries waiting for the writer; beyond this the receiver answers 503.
+    max_pending: int = Field(default=10_000, ge=1)
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+
+    @field_validator("signing_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: Any) -> tuple[SigningKey, ...]:
+        if isinstance(value, str):
+            return parse_signing_keys(value)
+        return tuple(value)
+
+    @field_validator("read_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value: Any) -> tuple[bytes, ...]:
+        if isinstance(value, str):
+            return parse_read_tokens(value)
+        return tuple(v.encode() if isinstance(v, str) else v for v in value)
+
+
+def load_settings(*, require_secrets: bool = True, **overrides: Any) -> Settings:
+    """Read and validate the settings, raising ConfigError with a fix-it message."""
+    try:
+        settings = Settings(**overrides)
+    except ConfigError:
+        raise
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"])
+            cause = error.get("ctx", {}).get("error")
+            if isinstance(cause, ConfigError):
+                raise cause from None
+            problems.append(f"PROJECTOR_{field.upper()}: {error['msg']}")
+        raise ConfigError("; ".join(problems)) from None
+    if require_secrets and not settings.signing_keys:
+        parse_signing_keys("")
+    if require_secrets and not settings.read_tokens:
+        parse_read_tokens("")
+    return settings

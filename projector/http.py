@@ -1,0 +1,42 @@
+"""HTTP plumbing shared by the receiver and the query API: JSON answers and errors."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from projector.answers import Answer, ErrorAnswer, ErrorDetail
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_answer(answer: Answer, status: int = 200) -> web.Response:
+    """An answer model as a JSON response."""
+    return web.Response(
+        body=answer.model_dump_json().encode(), status=status, content_type="application/json"
+    )
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """The one error shape: {"error": {"code", "message"}}."""
+    response = json_answer(ErrorAnswer(error=ErrorDetail(code=code, message=message)), status)
+    response.headers.update(headers or {})
+    return response
+
+
+class ApiError(Exception):
+    """Raised by a handler to answer with an error; the middleware renders it."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = dict(headers or {})
+
+    def response(self) -> web.Response:
+        """This error as a JSON response."""
+        return error_response(self.status, self.code, self.message, self.headers)

@@ -1,0 +1,219 @@
+"""The append-only event log: schema, append, read. Synchronous; the write lane calls it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOG_SCHEMA_VERSION = 1
+
+# Each entry migrates the log from version N to N+1; start-up applies the missing ones.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE deliveries (
+        seq INTEGER PRIMARY KEY,
+        received_at TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        signed_as TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL,
+        event TEXT,
+        kind TEXT,
+        linked_account_id TEXT,
+        slug TEXT,
+        instance_id TEXT,
+        event_key TEXT NOT NULL,
+        flags TEXT NOT NULL,
+        duplicate_of INTEGER REFERENCES deliveries (seq)
+    );
+    CREATE INDEX deliveries_by_event_key ON deliveries (event_key, seq);
+    CREATE INDEX deliveries_by_account ON deliveries (environment, linked_account_id, seq);
+    CREATE INDEX deliveries_by_event ON deliveries (environment, event, seq);
+    CREATE INDEX deliveries_by_instance ON deliveries (environment, instance_id, seq)
+        WHERE instance_id IS NOT NULL;
+    CREATE TRIGGER deliveries_seq_without_gaps BEFORE INSERT ON deliveries
+        WHEN NEW.seq IS NOT (SELECT coalesce(max(seq), 0) + 1 FROM deliveries)
+        BEGIN SELECT RAISE(ABORT, 'event log: seq must be the head + 1'); END;
+    CREATE TRIGGER deliveries_no_update BEFORE UPDATE ON deliveries
+        BEGIN SELECT RAISE(ABORT, 'event log is append-only: UPDATE refused'); END;
+    CREATE TRIGGER deliveries_no_delete BEFORE DELETE ON deliveries
+        BEGIN SELECT RAISE(ABORT, 'event log is append-only: DELETE refused'); END;
+    """,
+)
+
+
+class LogSchemaError(Exception):
+    """The database was written by a newer version of refold-projector."""
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A verified delivery, parsed, ready to append."""
+
+    received_at: str
+    environment: str
+    key_id: str
+    signed_as: str
+    headers: dict[str, str]
+    body: bytes
+    event: str | None
+    kind: str | None
+    linked_account_id: str | None
+    slug: str | None
+    instance_id: str | None
+    event_key: str
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Where a delivery landed, and the earlier delivery it repeats, if any."""
+
+    seq: int
+    duplicate_of: int | None
+
+
+@dataclass(frozen=True)
+class LoggedDelivery:
+    """One row of the log, as the projectors and the audit queries read it."""
+
+    seq: int
+    received_at: str
+    environment: str
+    event: str | None
+    linked_account_id: str | None
+    flags: tuple[str, ...]
+    duplicate_of: int | None
+    body: bytes
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the database with the durability settings the invariants need."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # WAL + FULL: a committed transaction survives power loss, not just a crash.
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=OFF")  # duplicate_of is documentation; checks cost a read
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the log schema up to date; refuse a database newer than this code."""
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > LOG_SCHEMA_VERSION:
+        raise LogSchemaError(
+            f"the database has log schema version {version}, but this refold-projector knows "
+            f"only up to {LOG_SCHEMA_VERSION}: upgrade refold-projector before running it"
+        )
+    for target in range(version + 1, LOG_SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[target - 1].split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return LOG_SCHEMA_VERSION
+
+
+def head(conn: sqlite3.Connection) -> int:
+    """The last seq in the log, 0 when empty."""
+    row = conn.execute("SELECT coalesce(max(seq), 0) FROM deliveries").fetchone()
+    return int(row[0])
+
+
+def append_batch(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[Appended]:
+    """Append deliveries in one transaction; returns once the commit is durable."""
+    results: list[Appended] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        seq = head(conn)
+        for delivery in batch:
+            seq += 1
+            # Same transaction, so a repeat inside this batch finds the row just inserted.
+            row = conn.execute(
+                "SELECT seq FROM deliveries WHERE event_key = ? ORDER BY seq LIMIT 1",
+                (delivery.event_key,),
+            ).fetchone()
+            duplicate_of = None if row is None else int(row[0])
+            conn.execute(
+                "INSERT INTO deliveries (seq, received_at, environment, key_id, signed_as,"
+                " headers, body, event, kind, linked_account_id, slug, instance_id, event_key,"
+                " flags, duplicate_of) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    seq,
+                    delivery.received_at,
+                    delivery.environment,
+                    delivery.key_id,
+                    delivery.signed_as,
+                    json.dumps(delivery.headers, sort_keys=True),
+                    delivery.body,
+                    delivery.event,
+                    delivery.kind,
+                    delivery.linked_account_id,
+                    delivery.slug,
+                    delivery.instance_id,
+                    delivery.event_key,
+                    json.dumps(list(delivery.flags)),
+                    duplicate_of,
+                ),
+            )
+            results.append(Appended(seq, duplicate_of))
+        # With synchronous=FULL this COMMIT returns only after the WAL is fsynced: one fsync
+        # for the whole batch is what makes group commit pay.
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+_LOGGED_COLUMNS = (
+    "seq, received_at, environment, event, linked_account_id, flags, duplicate_of, body"
+)
+
+
+def _logged(row: tuple[Any, ...]) -> LoggedDelivery:
+    seq, received_at, environment, event, account, flags, duplicate_of, body = row
+    return LoggedDelivery(
+        seq,
+        received_at,
+        environment,
+        event,
+        account,
+        tuple(json.loads(flags)),
+        duplicate_of,
+        body,
+    )
+
+
+def read_after(conn: sqlite3.Connection, after: int, limit: int) -> list[LoggedDelivery]:
+    """Up to `limit` deliveries with seq > `after`, in log order."""
+    rows = conn.execute(
+        f"SELECT {_LOGGED_COLUMNS} FROM deliveries WHERE seq > ? ORDER BY seq LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [_logged(row) for row in rows]
+
+
+def iterate(
+    conn: sqlite3.Connection, after: int = 0, chunk: int = 5000
+) -> Iterator[list[LoggedDelivery]]:
+    """The log from `after` on, in chunks, so memory stays flat however long the log is."""
+    while batch := read_after(conn, after, chunk):
+        yield batch
+        after = batch[-1].seq

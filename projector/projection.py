@@ -1,0 +1,183 @@
+"""Runs the folds over the log: incremental catch-up, and rebuild from seq 0 with a swap."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from projector import log
+from projector.events import parse_delivery
+from projector.readmodels import READ_MODELS, FoldError, ReadModel
+
+logger = structlog.get_logger("projector.projection")
+
+REBUILD_SUFFIX = "__rebuild"
+
+_BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS projections (
+    name TEXT PRIMARY KEY, version INTEGER NOT NULL, position INTEGER NOT NULL,
+    generation INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS projection_errors (
+    name TEXT NOT NULL, generation INTEGER NOT NULL, seq INTEGER NOT NULL, error TEXT NOT NULL,
+    PRIMARY KEY (name, generation, seq)
+)
+"""
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    """Where one projection stands."""
+
+    name: str
+    version: int
+    position: int
+    errors: int
+
+
+def prepare(conn: sqlite3.Connection) -> list[str]:
+    """Create missing bookkeeping; returns the projections whose version changed (or new)."""
+    for statement in _BOOKKEEPING.split(";\n"):
+        conn.execute(statement)
+    stale = []
+    for model in READ_MODELS:
+        row = conn.execute(
+            "SELECT version FROM projections WHERE name = ?", (model.name,)
+        ).fetchone()
+        if row is None or row[0] != model.version:
+            stale.append(model.name)
+    return stale
+
+
+def statuses(conn: sqlite3.Connection) -> list[ProjectionStatus]:
+    """Every projection's version, position and number of recorded fold errors."""
+    rows = conn.execute(
+        "SELECT p.name, p.version, p.position, (SELECT count(*) FROM projection_errors e"
+        " WHERE e.name = p.name AND e.generation = p.generation) FROM projections p"
+        " ORDER BY p.name"
+    ).fetchall()
+    return [ProjectionStatus(*row) for row in rows]
+
+
+def _fold_deliveries(
+    conn: sqlite3.Connection,
+    model: ReadModel[Any, Any],
+    table: str,
+    deliveries: Sequence[log.LoggedDelivery],
+) -> list[FoldError]:
+    changes = []
+    errors = []
+    for delivery in deliveries:
+        # Duplicates change nothing (the folds are idempotent); skipping them saves the work.
+        if delivery.duplicate_of is not None:
+            continue
+        try:
+            change = parse_delivery(delivery.body, delivery.environment).change
+        except Exception as exc:  # parse_delivery should never raise; if it does, go on
+            errors.append(FoldError(delivery.seq, f"{type(exc).__name__}: {exc}"))
+            continue
+        if isinstance(change, model.change_type):
+            changes.append((delivery.seq, change))
+    return errors + model.apply(conn, table, changes)
+
+
+def _record_errors(
+    conn: sqlite3.Connection, name: str, generation: int, errors: Sequence[FoldError]
+) -> None:
+    for error in errors:
+        logger.error("fold_failed", projection=name, seq=error.seq, error=error.error)
+    conn.executemany(
+        "INSERT OR REPLACE INTO projection_errors (name, generation, seq, error)"
+        " VALUES (?, ?, ?, ?)",
+        [(name, generation, e.seq, e.error) for e in errors],
+    )
+
+
+def catch_up_batch(conn: sqlite3.Connection, limit: int = 500) -> int:
+    """Fold up to `limit` new deliveries into every projection; returns how many were read."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Positions are read inside the transaction: a concurrent `projector rebuild` may
+        # have swapped in new tables and positions since the last batch.
+        positions = {
+            name: (position, generation)
+            for name, position, generation in conn.execute(
+                "SELECT name, position, generation FROM projections"
+            )
+        }
+        start = min(position for position, _ in positions.values())
+        deliveries = log.read_after(conn, start, limit)
+        for model in READ_MODELS:
+            position, generation = positions[model.name]
+            pending = [d for d in deliveries if d.seq > position]
+            if not pending:
+                continue
+            errors = _fold_deliveries(conn, model, model.table, pending)
+            _record_errors(conn, model.name, generation, errors)
+            # The checkpoint moves in the same transaction as the rows it covers.
+            conn.execute(
+                "UPDATE projections SET position = ? WHERE name = ?",
+                (pending[-1].seq, model.name),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return len(deliveries)
+
+
+def rebuild(conn: sqlite3.Connection, chunk: int = 5000) -> int:
+    """Replay the whole log into fresh tables and swap them in atomically; returns the head."""
+    prepare(conn)
+    row = conn.execute("SELECT coalesce(max(generation), 0) + 1 FROM projections").fetchone()
+    generation = int(row[0])
+    conn.execute("BEGIN IMMEDIATE")
+    # Leftovers of a rebuild that died half-way are dropped first.
+    conn.execute("DELETE FROM projection_errors WHERE generation >= ?", (generation,))
+    for model in READ_MODELS:
+        conn.execute(f"DROP TABLE IF EXISTS {model.table}{REBUILD_SUFFIX}")
+        model.create_table(conn, model.table + REBUILD_SUFFIX, generation)
+    conn.execute("COMMIT")
+    position = 0
+    # Short transactions, so a running server's appends wait milliseconds, not the rebuild.
+    for deliveries in log.iterate(conn, 0, chunk):
+        conn.execute("BEGIN IMMEDIATE")
+        _rebuild_chunk(conn, deliveries, generation)
+        conn.execute("COMMIT")
+        position = deliveries[-1].seq
+        logger.info("rebuild_progress", position=position)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Deliveries appended since the last chunk; then the swap, all in one transaction.
+        while deliveries := log.read_after(conn, position, chunk):
+            _rebuild_chunk(conn, deliveries, generation)
+            position = deliveries[-1].seq
+        for model in READ_MODELS:
+            conn.execute(f"DROP TABLE IF EXISTS {model.table}")
+            conn.execute(f"ALTER TABLE {model.table}{REBUILD_SUFFIX} RENAME TO {model.table}")
+            conn.execute(
+                "INSERT OR REPLACE INTO projections (name, version, position, generation)"
+                " VALUES (?, ?, ?, ?)",
+                (model.name, model.version, position, generation),
+            )
+        conn.execute("DELETE FROM projection_errors WHERE generation < ?", (generation,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    logger.info("rebuild_done", position=position, generation=generation)
+    return position
+
+
+def _rebuild_chunk(
+    conn: sqlite3.Connection, deliveries: Sequence[log.LoggedDelivery], generation: int
+) -> None:
+    for model in READ_MODELS:
+        errors = _fold_deliveries(conn, model, model.table + REBUILD_SUFFIX, deliveries)
+        _record_errors(conn, model.name, generation, errors)

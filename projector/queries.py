@@ -1,0 +1,331 @@
+"""Read queries for the API, on read-only connections separate from the writer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from projector import answers
+from projector.events import load_json_object
+
+
+class InvalidCursor(ValueError):
+    """A cursor this API did not issue, or one for another list."""
+
+
+def encode_cursor(*values: str | int) -> str:
+    """An opaque cursor holding the sort key of the last item returned."""
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, *types: type) -> tuple[Any, ...]:
+    """The sort key inside `cursor`, checked against the types this list expects."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise InvalidCursor(cursor) from None
+    if (
+        not isinstance(values, list)
+        or len(values) != len(types)
+        or not all(type(v) is t for v, t in zip(values, types, strict=True))
+    ):
+        raise InvalidCursor(cursor)
+    return tuple(values)
+
+
+class ReaderPool:
+    """A few read-only aiosqlite connections; each is its own thread, so reads run in parallel."""
+
+    def __init__(self, path: Path, size: int = 2) -> None:
+        self._path = path
+        self._size = size
+        self._idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all: list[aiosqlite.Connection] = []
+
+    async def open(self) -> None:
+        """Open the connections (the writer must have created the database first)."""
+        for _ in range(self._size):
+            conn = await aiosqlite.connect(f"file:{self._path}?mode=ro", uri=True)
+            await conn.execute("PRAGMA busy_timeout=5000")
+            self._all.append(conn)
+            self._idle.put_nowait(conn)
+
+    async def close(self) -> None:
+        """Close every connection."""
+        for conn in self._all:
+            await conn.close()
+        self._all.clear()
+
+    async def __aenter__(self) -> ReaderPool:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Borrow a connection for one answer."""
+        conn = await self._idle.get()
+        try:
+            yield conn
+        finally:
+            self._idle.put_nowait(conn)
+
+
+async def _rows(conn: aiosqlite.Connection, sql: str, *params: Any) -> list[Any]:
+    async with conn.execute(sql, params) as cursor:
+        return list(await cursor.fetchall())
+
+
+async def account_connections(
+    conn: aiosqlite.Connection, environment: str, account: str
+) -> answers.AccountConnections:
+    """Every connection of one account; an unknown account has none."""
+    rows = await _rows(
+        conn,
+        "SELECT slug, status, status_since, type, first_seen, last_seen FROM connections"
+        " WHERE environment = ? AND linked_account_id = ? ORDER BY slug",
+        environment,
+        account,
+    )
+    connections = [
+        answers.AccountConnection(
+            slug=slug,
+            status=status,
+            status_since=since,
+            type=type_,
+            needs_reconnect=status == "expired",
+            first_seen=first,
+            last_event_at=last,
+        )
+        for slug, status, since, type_, first, last in rows
+    ]
+    return answers.AccountConnections(
+        linked_account_id=account,
+        environment=environment,
+        needs_reconnect=any(c.needs_reconnect for c in connections),
+        connections=connections,
+    )
+
+
+async def list_connections(
+    conn: aiosqlite.Connection,
+    environment: str,
+    status: str | None,
+    slug: str | None,
+    limit: int,
+    cursor: str | None,
+) -> answers.ConnectionList:
+    """Connections by (account, slug), optionally of one status or app."""
+    where, params = ["environment = ?"], [environment]
+    for column, value in (("status", status), ("slug", slug)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if cursor is not None:
+        where.append("(linked_account_id, slug) > (?, ?)")
+        params.extend(decode_cursor(cursor, str, str))
+    rows = await _rows(
+        conn,
+        "SELECT linked_account_id, slug, status, status_since FROM connections"
+        f" WHERE {' AND '.join(where)} ORDER BY linked_account_id, slug LIMIT ?",
+        *params,
+        limit + 1,
+    )
+    items = [
+        answers.ConnectionSummary(linked_account_id=a, slug=s, status=st, status_since=since)
+        for a, s, st, since in rows[:limit]
+    ]
+    more = len(rows) > limit
+    return answers.ConnectionList(
+        connections=items,
+        next_cursor=encode_cursor(items[-1].linked_account_id, items[-1].slug) if more else None,
+    )
+
+
+_RUN_COLUMNS = (
+    "instance_id, workflow_id, workflow_name, config_id, linked_account_id, environment, status"
+)
+
+
+def _run_summary(row: tuple[Any, ...]) -> answers.WorkflowRunSummary:
+    instance, workflow, name, config, account, environment, status = row
+    return answers.WorkflowRunSummary(
+        instance_id=instance,
+        workflow_id=workflow,
+        workflow_name=name,
+        config_id=config,
+        linked_account_id=account,
+        environment=environment,
+        status=status.lower(),
+    )
+
+
+async def workflow_run(
+    conn: aiosqlite.Connection, environment: str, instance_id: str
+) -> answers.WorkflowRunAnswer | None:
+    """One run and every delivery that spoke of it, or None if unknown."""
+    rows = await _rows(
+        conn,
+        f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE environment = ? AND instance_id = ?",
+        environment,
+        instance_id,
+    )
+    if not rows:
+        return None
+    logged = await _rows(
+        conn,
+        "SELECT seq, event, body, duplicate_of FROM deliveries"
+        " WHERE environment = ? AND instance_id = ? ORDER BY seq LIMIT 1000",
+        environment,
+        instance_id,
+    )
+    deliveries = []
+    for seq, event, body, duplicate_of in logged:
+        payload, _ = load_json_object(body)
+        status = payload.get("status") if payload else None
+        deliveries.append(
+            answers.RunDelivery(
+                seq=seq,
+                event=event,
+                duplicate=duplicate_of is not None,
+                status=status.lower() if isinstance(status, str) else None,
+            )
+        )
+    summary = _run_summary(rows[0])
+    return answers.WorkflowRunAnswer(**summary.model_dump(), deliveries=deliveries)
+
+
+async def account_runs(
+    conn: aiosqlite.Connection,
+    environment: str,
+    account: str,
+    status: str | None,
+    workflow_id: str | None,
+    limit: int,
+    cursor: str | None,
+) -> answers.WorkflowRunList:
+    """An account's runs by instance_id, optionally of one status or workflow."""
+    where, params = ["environment = ?", "linked_account_id = ?"], [environment, account]
+    if status is not None:
+        where.append("status = ?")
+        params.append(status.upper())
+    if workflow_id is not None:
+        where.append("workflow_id = ?")
+        params.append(workflow_id)
+    if cursor is not None:
+        where.append("instance_id > ?")
+        params.extend(decode_cursor(cursor, str))
+    rows = await _rows(
+        conn,
+        f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE {' AND '.join(where)}"
+        " ORDER BY instance_id LIMIT ?",
+        *params,
+        limit + 1,
+    )
+    runs = [_run_summary(row) for row in rows[:limit]]
+    more = len(rows) > limit
+    return answers.WorkflowRunList(
+        runs=runs, next_cursor=encode_cursor(runs[-1].instance_id) if more else None
+    )
+
+
+_EVENT_COLUMNS = (
+    "seq, received_at, environment, event, linked_account_id, duplicate_of, flags, body"
+)
+
+
+def _audit_fields(row: tuple[Any, ...]) -> dict[str, Any]:
+    seq, received_at, environment, event, account, duplicate_of, flags, body = row
+    payload, _ = load_json_object(body)
+    return {
+        "seq": seq,
+        "received_at": received_at,
+        "environment": environment,
+        "event": event,
+        "linked_account_id": account,
+        "duplicate": duplicate_of is not None,
+        "flags": json.loads(flags),
+        "payload": payload,
+    }
+
+
+async def audit_events(
+    conn: aiosqlite.Connection,
+    environment: str,
+    account: str | None,
+    event: str | None,
+    after: int,
+    limit: int,
+    cursor: str | None,
+) -> answers.AuditEventList:
+    """Every verified delivery in log order, duplicates and flagged ones included."""
+    if cursor is not None:
+        after = max(after, decode_cursor(cursor, int)[0])
+    where, params = ["environment = ?", "seq > ?"], [environment, after]
+    for column, value in (("linked_account_id", account), ("event", event)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    rows = await _rows(
+        conn,
+        f"SELECT {_EVENT_COLUMNS} FROM deliveries WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+        *params,
+        limit + 1,
+    )
+    items = [answers.AuditEvent(**_audit_fields(row)) for row in rows[:limit]]
+    more = len(rows) > limit
+    return answers.AuditEventList(
+        events=items, next_cursor=encode_cursor(items[-1].seq) if more else None
+    )
+
+
+async def audit_event(
+    conn: aiosqlite.Connection, environment: str, seq: int
+) -> answers.AuditEventDetail | None:
+    """One delivery with its exact bytes, or None."""
+    rows = await _rows(
+        conn,
+        f"SELECT {_EVENT_COLUMNS}, key_id, signed_as, headers FROM deliveries"
+        " WHERE seq = ? AND environment = ?",
+        seq,
+        environment,
+    )
+    if not rows:
+        return None
+    row = rows[0]
+    return answers.AuditEventDetail(
+        **_audit_fields(row[:8]),
+        duplicate_of=row[5],
+        key_id=row[8],
+        signed_as=row[9],
+        headers=json.loads(row[10]),
+        body_base64=base64.b64encode(row[7]).decode(),
+    )
+
+
+async def projection_states(conn: aiosqlite.Connection) -> answers.Projections:
+    """The log head and where every projection stands."""
+    head = await _rows(conn, "SELECT coalesce(max(seq), 0) FROM deliveries")
+    rows = await _rows(
+        conn,
+        "SELECT p.name, p.version, p.position, (SELECT count(*) FROM projection_errors e"
+        " WHERE e.name = p.name AND e.generation = p.generation) FROM projections p"
+        " ORDER BY p.name",
+    )
+    return answers.Projections(
+        log_head=head[0][0],
+        projections=[
+            answers.ProjectionState(name=n, version=v, position=p, errors=e) for n, v, p, e in rows
+        ],
+    )

@@ -1,0 +1,138 @@
+"""`POST /webhooks/refold`: verify, parse, append durably, then answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+import structlog
+from aiohttp import web
+
+from projector import log
+from projector.answers import DeliveryAccepted
+from projector.config import SigningKey
+from projector.events import format_instant, parse_delivery
+from projector.http import ApiError, Handler, json_answer
+from projector.signature import SIGNATURE_HEADER, verify_signature
+from projector.writer import Overloaded, StorageUnavailable, WriteLane
+
+logger = structlog.get_logger("projector.receiver")
+
+# Headers kept with each delivery for the audit trail; nothing that could hold a secret.
+KEPT_HEADERS = ("content-type", "user-agent", SIGNATURE_HEADER)
+RETRY_AFTER = {"Retry-After": "5"}
+
+
+def _unauthorised(reason: str) -> ApiError:
+    return ApiError(
+        401,
+        "invalid_signature",
+        f"{reason}: sign the raw body with HMAC-SHA256 keyed on the environment's API key and "
+        f"send it as lowercase hex in the {SIGNATURE_HEADER} header",
+    )
+
+
+async def read_bounded_body(request: web.Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over `limit` without reading it all."""
+    too_large = ApiError(
+        413,
+        "body_too_large",
+        f"the body is larger than {limit} bytes; Refold deliveries are far smaller, so this is "
+        "not a Refold delivery (or PROJECTOR_MAX_BODY_BYTES is set too low)",
+    )
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def _kept_headers(request: web.Request) -> dict[str, str]:
+    return {name: request.headers[name] for name in KEPT_HEADERS if name in request.headers}
+
+
+def make_receiver(
+    lane: WriteLane,
+    keys: tuple[SigningKey, ...],
+    max_body_bytes: int,
+    clock: Callable[[], datetime],
+) -> Handler:
+    """The receiver handler, bound to its write lane, keys, body limit and clock."""
+
+    async def receive_delivery(request: web.Request) -> web.Response:
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise ApiError(
+                415,
+                "unsupported_encoding",
+                f"Content-Encoding {encoding!r} is not accepted: Refold sends plain JSON bodies",
+            )
+        body = await read_bounded_body(request, max_body_bytes)
+        try:
+            claimed = [
+                v.encode("utf-8", "surrogateescape")
+                for v in request.headers.getall(SIGNATURE_HEADER, [])
+            ]
+        except UnicodeEncodeError:
+            raise _unauthorised(f"the {SIGNATURE_HEADER} header is not ASCII hex") from None
+        if not claimed or not any(v.strip() for v in claimed):
+            raise _unauthorised(f"the {SIGNATURE_HEADER} header is missing or empty")
+        match = verify_signature(body, claimed, keys)
+        if match is None:
+            raise _unauthorised("the signature does not match any configured key")
+        environment = match.key.environment
+        parsed = parse_delivery(body, environment)
+        delivery = log.NewDelivery(
+            received_at=format_instant(clock()),
+            environment=environment,
+            key_id=match.key.key_id,
+            signed_as=match.signed_as,
+            headers=_kept_headers(request),
+            body=body,
+            event=parsed.event,
+            kind=parsed.kind,
+            linked_account_id=parsed.linked_account_id,
+            slug=parsed.slug,
+            instance_id=parsed.instance_id,
+            event_key=parsed.event_key,
+            flags=parsed.flags,
+        )
+        bound = logger.bind(environment=environment, refold_event=parsed.event)
+        try:
+            appended = await lane.append(delivery)
+        except Overloaded as exc:
+            bound.warning("delivery_refused_overloaded", reason=str(exc))
+            raise ApiError(
+                503,
+                "overloaded",
+                "too many deliveries are waiting to be stored; retry after a few seconds",
+                RETRY_AFTER,
+            ) from None
+        except StorageUnavailable as exc:
+            bound.error("delivery_not_stored", reason=str(exc))
+            raise ApiError(
+                503,
+                "storage_unavailable",
+                "the delivery could not be stored durably; nothing was kept, retry later",
+                RETRY_AFTER,
+            ) from None
+        bound.info(
+            "delivery_stored",
+            seq=appended.seq,
+            duplicate=appended.duplicate_of is not None,
+            flags=list(parsed.flags),
+            signed_as=match.signed_as,
+            key_id=match.key.key_id,
+        )
+        return json_answer(
+            DeliveryAccepted(
+                seq=appended.seq,
+                environment=environment,
+                duplicate=appended.duplicate_of is not None,
+            )
+        )
+
+    return receive_delivery

@@ -1,0 +1,37 @@
+"""Shared fixtures: settings on a real SQLite file, an in-process server, a real process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from projector.app import build_app
+from projector.config import Settings, load_settings
+from tests.support import READ_TOKEN, SIGNING_KEYS, Service
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "projector.sqlite3"
+
+
+@pytest.fixture
+def settings(db_path: Path) -> Settings:
+    return load_settings(db=db_path, signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN)
+
+
+@pytest.fixture
+async def client(aiohttp_client, settings: Settings) -> TestClient:  # type: ignore[no-untyped-def]
+    """The whole app on a real aiohttp server on 127.0.0.1, on a real SQLite file."""
+    return await aiohttp_client(build_app(settings))
+
+
+@pytest.fixture
+def service(db_path: Path) -> Iterator[Service]:
+    """A real `projector serve` process on 127.0.0.1; killed at the end if still running."""
+    running = Service(db_path).start()
+    yield running
+    running.kill()
