@@ -20,6 +20,7 @@ logger = structlog.get_logger("projector.api")
 READERS = web.AppKey("readers", queries.ReaderPool)
 _STATUS_VALUE = re.compile(r"[a-z_]{1,40}")
 _SEQ_VALUE = re.compile(r"[0-9]{1,18}")
+_LIMIT_VALUE = re.compile(r"[0-9]{1,4}")
 
 
 # --- parameters -------------------------------------------------------------------------
@@ -54,7 +55,8 @@ def _environment(params: dict[str, str]) -> str:
 
 def _limit(params: dict[str, str]) -> int:
     raw = params.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw[:6]) <= 1000 or len(raw) > 6:
+    # ASCII digits only: str.isdigit() would also take '²', which int() refuses.
+    if not _LIMIT_VALUE.fullmatch(raw) or not 1 <= int(raw) <= 1000:
         raise ApiError(400, "invalid_limit", "limit must be a whole number from 1 to 1000")
     return int(raw)
 
@@ -260,8 +262,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
+        kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}  # 405 names them
         return error_response(
-            exc.status, code, f"{exc.reason}: {request.method} {request.path[:200]}"
+            exc.status, code, f"{exc.reason}: {request.method} {request.path[:200]}", kept
         )
     except Exception:
         logger.exception("unexpected_error", method=request.method, path=request.path[:200])

@@ -1,10 +1,11 @@
-"""The `projector` command: serve, rebuild, send, events, schemas."""
+"""The `projector` command: serve, rebuild, backup, send, events, schemas."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import signal
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +47,14 @@ async def _serve(settings: Settings, seed: list[bytes] | None) -> None:
     runner = web.AppRunner(build_app(settings), access_log=None, shutdown_timeout=10)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()  # closes the storage threads, or the process could not exit
+        raise ConfigError(
+            f"cannot listen on {settings.host}:{settings.port} ({exc.strerror}); choose another "
+            "address with --host/--port or PROJECTOR_HOST/PROJECTOR_PORT"
+        ) from None
     url = f"http://{settings.host}:{settings.port}"
     logger.info("listening", url=url, db=str(settings.db))
     stop = asyncio.Event()
@@ -55,20 +63,25 @@ async def _serve(settings: Settings, seed: list[bytes] | None) -> None:
         loop.add_signal_handler(signum, stop.set)
     if seed is not None:
         await _seed(settings, url, seed)
-    token = settings.read_tokens[0].decode()
-    print(
-        f"\nrefold-projector is listening on {url}\n"
-        f"  webhook URL: {url}/webhooks/refold\n"
-        f"  try:  curl -s -H 'Authorization: Bearer {token}' "
-        f"'{url}/v1/accounts/12345/connections?environment=live'\n",
-        file=sys.stderr,
-        flush=True,
-    )
+    _print_welcome(settings, url)
     await stop.wait()
     logger.info("shutting_down", reason="signal")
     # Stops accepting, lets in-flight deliveries finish and commit, then closes the log.
     await runner.cleanup()
     logger.info("stopped")
+
+
+def _print_welcome(settings: Settings, url: str) -> None:
+    """Where it listens and a curl to paste; the token only on a terminal, never in logs."""
+    interactive = sys.stdout.isatty()
+    token = settings.read_tokens[0].decode() if interactive else "<a PROJECTOR_READ_TOKENS token>"
+    print(
+        f"\nrefold-projector is listening on {url}\n"
+        f"  webhook URL: {url}/webhooks/refold\n"
+        f"  try:  curl -s -H 'Authorization: Bearer {token}' "
+        f"'{url}/v1/accounts/12345/connections?environment=live'\n",
+        flush=True,
+    )
 
 
 async def _seed(settings: Settings, url: str, bodies: list[bytes]) -> None:
@@ -115,6 +128,29 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     print(f"rebuilt from {head} deliveries")
+    return 0
+
+
+# --- backup ---------------------------------------------------------------------------
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    settings = _settings(args, secrets=False)
+    destination = Path(args.destination)
+    if not settings.db.exists():
+        raise ConfigError(f"PROJECTOR_DB: no database at {settings.db}")
+    if destination.exists():
+        raise ConfigError(f"{destination} exists already; choose a new file for the backup")
+    source = log.connect(settings.db, readonly=True)
+    target = sqlite3.connect(destination)
+    try:
+        # SQLite's online backup: a consistent snapshot, safe while the server writes.
+        source.backup(target)
+        head = log.head(target)
+    finally:
+        target.close()
+        source.close()
+    print(f"backed up {head} deliveries and the read models to {destination}")
     return 0
 
 
@@ -198,6 +234,13 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------
 
 
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> argparse.ArgumentParser:
+    # `help` shows in `projector --help`; `description` in `projector NAME --help`.
+    return commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="projector",
@@ -206,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the receiver, projectors and query API")
+    serve = _command(commands, "serve", "run the receiver, projectors and query API")
     serve.add_argument("--host", help="address to listen on (PROJECTOR_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (PROJECTOR_PORT, default 8080)")
     serve.add_argument(
@@ -217,16 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=cmd_serve)
 
-    rebuild = commands.add_parser(
+    rebuild = _command(
+        commands,
         "rebuild",
-        help="replay the whole log into fresh read models and swap them in "
+        "replay the whole log into fresh read models and swap them in "
         "atomically (safe while the server runs)",
     )
     rebuild.set_defaults(run=cmd_rebuild)
 
-    send = commands.add_parser(
+    backup = _command(
+        commands,
+        "backup",
+        "copy the database (log and read models) to a new file, consistently, "
+        "while the server runs",
+    )
+    backup.add_argument("destination", metavar="FILE")
+    backup.set_defaults(run=cmd_backup)
+
+    send = _command(
+        commands,
         "send",
-        help="sign each line of FILE (one JSON body per line) with the configured key "
+        "sign each line of FILE (one JSON body per line) with the configured key "
         "of its environment and POST it",
     )
     send.add_argument("file", metavar="FILE")
@@ -237,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     send.set_defaults(run=cmd_send)
 
-    events = commands.add_parser("events", help="print the audit trail as JSON lines")
+    events = _command(commands, "events", "print the audit trail as JSON lines")
     events.add_argument("--environment", default="live", help="test or live (default live)")
     events.add_argument("--linked-account-id")
     events.add_argument("--event", help="e.g. 'Connection Expired'")
@@ -245,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=int, help="at most this many events")
     events.set_defaults(run=cmd_events)
 
-    schema = commands.add_parser("schemas", help="write the JSON Schemas of payloads and answers")
+    schema = _command(commands, "schemas", "write the JSON Schemas of payloads and answers")
     schema.add_argument("--out", default="schemas", help="folder (default schemas/)")
     schema.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if the files are out of date"
@@ -265,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except log.LogSchemaError as exc:
         print(f"projector: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except projection.RebuildSuperseded as exc:
+        print(f"projector: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

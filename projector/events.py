@@ -36,7 +36,10 @@ def parse_instant(value: str) -> datetime:
         parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 shifted out of range: as invalid as any bad date
+        raise ValueError(f"{value!r} is out of the representable range") from None
 
 
 def format_instant(moment: datetime) -> str:
@@ -136,7 +139,10 @@ def load_json_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """The body as a JSON object, or None and the flag that says why not."""
     try:
         parsed = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        # A lone surrogate (\ud800) is JSON syntax but not Unicode text: it could be neither
+        # hashed, stored as text nor sent back in an answer, so such a body is not JSON to us.
+        _canonical(parsed).encode()
+    except (ValueError, RecursionError):  # UnicodeError is a ValueError
         return None, "not_json"
     if not isinstance(parsed, dict):
         return None, "not_an_object"

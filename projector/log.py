@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,26 +108,41 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error.
+
+    IMMEDIATE takes the write lock at the start, so a transaction that reads and then
+    writes (head + 1, a checkpoint) cannot be overtaken by another writer in between.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the log schema up to date; refuse a database newer than this code."""
-    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > LOG_SCHEMA_VERSION:
-        raise LogSchemaError(
-            f"the database has log schema version {version}, but this refold-projector knows "
-            f"only up to {LOG_SCHEMA_VERSION}: upgrade refold-projector before running it"
-        )
-    for target in range(version + 1, LOG_SCHEMA_VERSION + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in MIGRATIONS[target - 1].split(";\n"):
+    while True:
+        with transaction(conn):
+            # Read under the write lock: another process may have migrated since we looked.
+            version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > LOG_SCHEMA_VERSION:
+                raise LogSchemaError(
+                    f"the database has log schema version {version}, but this "
+                    f"refold-projector knows only up to {LOG_SCHEMA_VERSION}: upgrade "
+                    "refold-projector before running it on this database"
+                )
+            if version == LOG_SCHEMA_VERSION:
+                return version
+            for statement in MIGRATIONS[version].split(";\n"):
                 if statement.strip():
                     conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {target}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    return LOG_SCHEMA_VERSION
+            conn.execute(f"PRAGMA user_version = {version + 1}")
 
 
 def head(conn: sqlite3.Connection) -> int:
@@ -138,8 +154,9 @@ def head(conn: sqlite3.Connection) -> int:
 def append_batch(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[Appended]:
     """Append deliveries in one transaction; returns once the commit is durable."""
     results: list[Appended] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    # With synchronous=FULL the COMMIT at the end of this block returns only after the WAL is
+    # fsynced: one fsync for the whole batch is what makes group commit pay.
+    with transaction(conn):
         seq = head(conn)
         for delivery in batch:
             seq += 1
@@ -172,13 +189,6 @@ def append_batch(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list
                 ),
             )
             results.append(Appended(seq, duplicate_of))
-        # With synchronous=FULL this COMMIT returns only after the WAL is fsynced: one fsync
-        # for the whole batch is what makes group commit pay.
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return results
 
 

@@ -25,8 +25,13 @@ CREATE TABLE IF NOT EXISTS projections (
 CREATE TABLE IF NOT EXISTS projection_errors (
     name TEXT NOT NULL, generation INTEGER NOT NULL, seq INTEGER NOT NULL, error TEXT NOT NULL,
     PRIMARY KEY (name, generation, seq)
-)
+);
+CREATE TABLE IF NOT EXISTS rebuild_claims (generation INTEGER PRIMARY KEY)
 """
+
+
+class RebuildSuperseded(Exception):
+    """A newer rebuild started while this one ran; the newer one carries on alone."""
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,16 @@ def prepare(conn: sqlite3.Connection) -> list[str]:
     return stale
 
 
+# Errors count only in the projection's current generation: a rebuild starts clean.
+STATUS_QUERY = (
+    "SELECT p.name, p.version, p.position, (SELECT count(*) FROM projection_errors e"
+    " WHERE e.name = p.name AND e.generation = p.generation) FROM projections p ORDER BY p.name"
+)
+
+
 def statuses(conn: sqlite3.Connection) -> list[ProjectionStatus]:
     """Every projection's version, position and number of recorded fold errors."""
-    rows = conn.execute(
-        "SELECT p.name, p.version, p.position, (SELECT count(*) FROM projection_errors e"
-        " WHERE e.name = p.name AND e.generation = p.generation) FROM projections p"
-        " ORDER BY p.name"
-    ).fetchall()
+    rows = conn.execute(STATUS_QUERY).fetchall()
     return [ProjectionStatus(*row) for row in rows]
 
 
@@ -99,8 +107,7 @@ def _record_errors(
 
 def catch_up_batch(conn: sqlite3.Connection, limit: int = 500) -> int:
     """Fold up to `limit` new deliveries into every projection; returns how many were read."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with log.transaction(conn):
         # Positions are read inside the transaction: a concurrent `projector rebuild` may
         # have swapped in new tables and positions since the last batch.
         positions = {
@@ -123,36 +130,37 @@ def catch_up_batch(conn: sqlite3.Connection, limit: int = 500) -> int:
                 "UPDATE projections SET position = ? WHERE name = ?",
                 (pending[-1].seq, model.name),
             )
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return len(deliveries)
 
 
 def rebuild(conn: sqlite3.Connection, chunk: int = 5000) -> int:
     """Replay the whole log into fresh tables and swap them in atomically; returns the head."""
     prepare(conn)
-    row = conn.execute("SELECT coalesce(max(generation), 0) + 1 FROM projections").fetchone()
-    generation = int(row[0])
-    conn.execute("BEGIN IMMEDIATE")
-    # Leftovers of a rebuild that died half-way are dropped first.
-    conn.execute("DELETE FROM projection_errors WHERE generation >= ?", (generation,))
-    for model in READ_MODELS:
-        conn.execute(f"DROP TABLE IF EXISTS {model.table}{REBUILD_SUFFIX}")
-        model.create_table(conn, model.table + REBUILD_SUFFIX, generation)
-    conn.execute("COMMIT")
+    with log.transaction(conn):
+        # The generation is claimed under the write lock, so two rebuilds never share one;
+        # the newer claim wins and the older rebuild stops at its next chunk.
+        generation = int(
+            conn.execute(
+                "SELECT max((SELECT coalesce(max(generation), 0) FROM projections),"
+                " (SELECT coalesce(max(generation), 0) FROM rebuild_claims)) + 1"
+            ).fetchone()[0]
+        )
+        conn.execute("INSERT INTO rebuild_claims (generation) VALUES (?)", (generation,))
+        # Leftovers of a rebuild that died or was superseded are dropped first.
+        conn.execute("DELETE FROM projection_errors WHERE generation >= ?", (generation,))
+        for model in READ_MODELS:
+            conn.execute(f"DROP TABLE IF EXISTS {model.table}{REBUILD_SUFFIX}")
+            model.create_table(conn, model.table + REBUILD_SUFFIX, generation)
     position = 0
     # Short transactions, so a running server's appends wait milliseconds, not the rebuild.
     for deliveries in log.iterate(conn, 0, chunk):
-        conn.execute("BEGIN IMMEDIATE")
-        _rebuild_chunk(conn, deliveries, generation)
-        conn.execute("COMMIT")
+        with log.transaction(conn):
+            _check_claim(conn, generation)
+            _rebuild_chunk(conn, deliveries, generation)
         position = deliveries[-1].seq
         logger.info("rebuild_progress", position=position)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with log.transaction(conn):
+        _check_claim(conn, generation)
         # Deliveries appended since the last chunk; then the swap, all in one transaction.
         while deliveries := log.read_after(conn, position, chunk):
             _rebuild_chunk(conn, deliveries, generation)
@@ -166,13 +174,17 @@ def rebuild(conn: sqlite3.Connection, chunk: int = 5000) -> int:
                 (model.name, model.version, position, generation),
             )
         conn.execute("DELETE FROM projection_errors WHERE generation < ?", (generation,))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        conn.execute("DELETE FROM rebuild_claims")
     logger.info("rebuild_done", position=position, generation=generation)
     return position
+
+
+def _check_claim(conn: sqlite3.Connection, generation: int) -> None:
+    newest = conn.execute("SELECT max(generation) FROM rebuild_claims").fetchone()[0]
+    if newest != generation:
+        raise RebuildSuperseded(
+            f"rebuild {generation} stops: rebuild {newest} started after it and carries on"
+        )
 
 
 def _rebuild_chunk(

@@ -15,6 +15,7 @@ import aiosqlite
 
 from projector import answers
 from projector.events import load_json_object
+from projector.projection import STATUS_QUERY
 
 
 class InvalidCursor(ValueError):
@@ -23,7 +24,11 @@ class InvalidCursor(ValueError):
 
 def encode_cursor(*values: str | int) -> str:
     """An opaque cursor holding the sort key of the last item returned."""
-    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+    return (
+        base64.urlsafe_b64encode(json.dumps(values, separators=(",", ":")).encode())
+        .decode()
+        .rstrip("=")
+    )
 
 
 def decode_cursor(cursor: str, *types: type) -> tuple[Any, ...]:
@@ -31,12 +36,13 @@ def decode_cursor(cursor: str, *types: type) -> tuple[Any, ...]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         values = json.loads(raw)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         raise InvalidCursor(cursor) from None
     if (
         not isinstance(values, list)
         or len(values) != len(types)
         or not all(type(v) is t for v, t in zip(values, types, strict=True))
+        or not all(0 <= v < 2**63 for v in values if isinstance(v, int))  # SQLite's INTEGER
     ):
         raise InvalidCursor(cursor)
     return tuple(values)
@@ -317,12 +323,7 @@ async def audit_event(
 async def projection_states(conn: aiosqlite.Connection) -> answers.Projections:
     """The log head and where every projection stands."""
     head = await _rows(conn, "SELECT coalesce(max(seq), 0) FROM deliveries")
-    rows = await _rows(
-        conn,
-        "SELECT p.name, p.version, p.position, (SELECT count(*) FROM projection_errors e"
-        " WHERE e.name = p.name AND e.generation = p.generation) FROM projections p"
-        " ORDER BY p.name",
-    )
+    rows = await _rows(conn, STATUS_QUERY)
     return answers.Projections(
         log_head=head[0][0],
         projections=[

@@ -13,7 +13,7 @@ from projector.answers import DeliveryAccepted
 from projector.config import SigningKey
 from projector.events import format_instant, parse_delivery
 from projector.http import ApiError, Handler, json_answer
-from projector.signature import SIGNATURE_HEADER, verify_signature
+from projector.signature import SIGNATURE_HEADER, header_problem, verify_signature
 from projector.writer import Overloaded, StorageUnavailable, WriteLane
 
 logger = structlog.get_logger("projector.receiver")
@@ -78,8 +78,9 @@ def make_receiver(
             ]
         except UnicodeEncodeError:
             raise _unauthorised(f"the {SIGNATURE_HEADER} header is not ASCII hex") from None
-        if not claimed or not any(v.strip() for v in claimed):
-            raise _unauthorised(f"the {SIGNATURE_HEADER} header is missing or empty")
+        problem = header_problem(claimed)
+        if problem is not None:
+            raise _unauthorised(problem)
         match = verify_signature(body, claimed, keys)
         if match is None:
             raise _unauthorised("the signature does not match any configured key")

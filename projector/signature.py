@@ -30,6 +30,17 @@ def sign_body(body: bytes, secret: bytes) -> str:
     return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
+def header_problem(headers: Sequence[bytes]) -> str | None:
+    """Why these signature headers cannot be checked at all, or None if they are well formed."""
+    if not headers or not any(h.strip() for h in headers):
+        return f"the {SIGNATURE_HEADER} header is missing or empty"
+    if len(headers) > 1:
+        return f"{len(headers)} {SIGNATURE_HEADER} headers were sent; send exactly one"
+    if _decode_header(headers[0].strip()) is None:
+        return f"the {SIGNATURE_HEADER} header is not 64 hexadecimal digits"
+    return None
+
+
 def _decode_header(header: bytes) -> bytes | None:
     """The 32 digest bytes a header names, or None if it is not 64 hex digits."""
     if len(header) != 64 or not _HEX_DIGITS.issuperset(header):
@@ -40,9 +51,9 @@ def _decode_header(header: bytes) -> bytes | None:
 def _compact_form(body: bytes) -> bytes | None:
     try:
         parsed = json.loads(body)
-    except (ValueError, RecursionError):
+        compact = json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode()
+    except (ValueError, RecursionError):  # not JSON, or a lone surrogate that cannot be UTF-8
         return None
-    compact = json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode()
     return None if compact == body else compact
 
 

@@ -45,6 +45,7 @@ class WriteLane:
         )
         self._conn: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def open(self) -> None:
         """Open the connection in the writer thread and start taking appends."""
@@ -60,7 +61,7 @@ class WriteLane:
 
     async def append(self, delivery: log.NewDelivery) -> log.Appended:
         """Append one delivery; returns after its commit is durable."""
-        if self._task is None or self._task.done():
+        if self._closing or self._task is None or self._task.done():
             raise StorageUnavailable("the write lane is closed")
         if self._queue.qsize() >= self._max_pending:
             raise Overloaded(f"{self._queue.qsize()} deliveries are waiting for the writer")
@@ -75,6 +76,7 @@ class WriteLane:
 
     async def close(self) -> None:
         """Commit what is queued, then stop the thread and close the connection."""
+        self._closing = True  # appends from here on are refused, so the queue can drain
         if self._task is not None:
             await self._queue.join()
             self._task.cancel()

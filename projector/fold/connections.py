@@ -32,8 +32,9 @@ class ConnectionHealth:
         return self.status == "expired"
 
 
-def _order(status: str, since: datetime, type_: str | None) -> tuple[datetime, int, str]:
-    return since, STATUS_PRECEDENCE[status], type_ or ""
+def _order(status: str, since: datetime, type_: str | None) -> tuple[datetime, int, bool, str]:
+    # `type` is compared last, and None apart from "", only so that ties have one winner.
+    return since, STATUS_PRECEDENCE[status], type_ is not None, type_ or ""
 
 
 def fold_connection(state: ConnectionHealth | None, change: ConnectionChange) -> ConnectionHealth:

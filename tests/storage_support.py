@@ -1,0 +1,83 @@
+"""Storage test support: deliveries built from bodies, and real SQLite logs on disk."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from projector import log, projection
+from projector.config import fingerprint
+from projector.events import parse_delivery
+from projector.sender import environment_of
+from tests.support import KEY_BY_ENVIRONMENT, sample_bodies
+
+RECEIVED_AT = "2026-07-01T12:00:00Z"
+
+
+def new_delivery(body: bytes, environment: str, received_at: str = RECEIVED_AT) -> log.NewDelivery:
+    """The delivery the receiver would append for `body` verified with `environment`'s key."""
+    parsed = parse_delivery(body, environment)
+    return log.NewDelivery(
+        received_at=received_at,
+        environment=environment,
+        key_id=fingerprint(environment, KEY_BY_ENVIRONMENT[environment]),
+        signed_as="raw",
+        headers={"content-type": "application/json"},
+        body=body,
+        event=parsed.event,
+        kind=parsed.kind,
+        linked_account_id=parsed.linked_account_id,
+        slug=parsed.slug,
+        instance_id=parsed.instance_id,
+        event_key=parsed.event_key,
+        flags=parsed.flags,
+    )
+
+
+def delivery_of(body: bytes) -> log.NewDelivery:
+    """A sample body as a delivery, in the environment it names (test when it names none)."""
+    return new_delivery(body, environment_of(body, "test"))
+
+
+def sample_deliveries() -> list[log.NewDelivery]:
+    """The whole sample stream, as deliveries."""
+    return [delivery_of(body) for body in sample_bodies()]
+
+
+def open_log(path: Path) -> sqlite3.Connection:
+    """A writer connection on a migrated log."""
+    conn = log.connect(path)
+    log.migrate(conn)
+    return conn
+
+
+def open_projected(path: Path) -> sqlite3.Connection:
+    """A writer connection on a migrated log whose projections exist (as start-up leaves it)."""
+    conn = open_log(path)
+    projection.prepare(conn)
+    projection.rebuild(conn)
+    return conn
+
+
+def append_all(conn: sqlite3.Connection, deliveries: Iterable[log.NewDelivery]) -> None:
+    """Append deliveries one batch per delivery, as separate requests would."""
+    for delivery in deliveries:
+        log.append_batch(conn, [delivery])
+
+
+def catch_up(conn: sqlite3.Connection, limit: int = 500) -> None:
+    """Fold until the projections have read the whole log."""
+    while projection.catch_up_batch(conn, limit):
+        pass
+
+
+def table_rows(conn: sqlite3.Connection, table: str) -> list[tuple[Any, ...]]:
+    """Every row of a read-model table, in a fixed order."""
+    return conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3").fetchall()
+
+
+def read_models(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """Both read-model tables, in a fixed order."""
+    return {table: table_rows(conn, table) for table in ("connections", "workflow_runs")}

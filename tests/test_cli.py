@@ -1,0 +1,338 @@
+"""The `projector` command line, run as a user runs it: a subprocess with PROJECTOR_* set."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from projector.sender import environment_of
+from tests.support import (
+    AUTH,
+    KEY_BY_ENVIRONMENT,
+    LIVE_KEY,
+    LIVE_OLD_KEY,
+    READ_TOKEN,
+    REPO,
+    TEST_KEY,
+    Service,
+    free_port,
+    run_cli,
+    sample_bodies,
+    service_env,
+    signed,
+    wait_projected,
+)
+
+COMMANDS = {
+    "serve": "run the receiver",
+    "rebuild": "replay the whole log",
+    "send": "sign each line",
+    "events": "audit trail",
+    "schemas": "JSON Schemas",
+}
+
+
+def env_for(db: Path, **changes: str | None) -> dict[str, str]:
+    """A test service's environment with some PROJECTOR_* variables set or (None) unset."""
+    env = service_env(db, PROJECTOR_PORT=str(free_port()))
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def assert_plain_error(stderr: str) -> None:
+    assert "Traceback" not in stderr
+    assert stderr.startswith("projector: ")
+    assert len(stderr.strip().splitlines()) == 1
+
+
+# --- help -------------------------------------------------------------------------------
+
+
+def test_top_level_help_exits_0_and_lists_every_command(db_path: Path) -> None:
+    result = run_cli("--help", env=env_for(db_path))
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: projector")
+    assert "refold-projector" in result.stdout
+    for command, summary in COMMANDS.items():
+        assert command in result.stdout
+        assert summary in result.stdout.replace("\n", " ").replace("  ", " ")
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_each_command_help_exits_0_with_its_usage(db_path: Path, command: str) -> None:
+    result = run_cli(command, "--help", env=env_for(db_path))
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"usage: projector {command}")
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_each_command_help_says_what_the_command_does(db_path: Path, command: str) -> None:
+    result = run_cli(command, "--help", env=env_for(db_path))
+    assert result.returncode == 0
+    assert COMMANDS[command].lower() in " ".join(result.stdout.split()).lower()
+
+
+def test_no_command_is_a_usage_error(db_path: Path) -> None:
+    result = run_cli(env=env_for(db_path))
+    assert result.returncode == 2
+    assert "usage: projector" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- configuration errors ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keys", [None, "", "test", "staging:x", "test:", " , "])
+def test_serve_with_missing_or_malformed_signing_keys_exits_2_naming_the_variable(
+    db_path: Path, keys: str | None
+) -> None:
+    result = run_cli("serve", env=env_for(db_path, PROJECTOR_SIGNING_KEYS=keys), timeout=30)
+    assert result.returncode == 2
+    assert "PROJECTOR_SIGNING_KEYS" in result.stderr
+    assert_plain_error(result.stderr)
+    assert not db_path.exists()
+
+
+@pytest.mark.parametrize("tokens", [None, "", "short"])
+def test_serve_with_missing_or_weak_read_tokens_exits_2_naming_the_variable(
+    db_path: Path, tokens: str | None
+) -> None:
+    result = run_cli("serve", env=env_for(db_path, PROJECTOR_READ_TOKENS=tokens), timeout=30)
+    assert result.returncode == 2
+    assert "PROJECTOR_READ_TOKENS" in result.stderr
+    assert_plain_error(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "keys", ["pk_secret_value_123", "staging:pk_secret_value_123", f"test:{TEST_KEY},pk_secret"]
+)
+def test_signing_key_config_error_does_not_echo_the_key(db_path: Path, keys: str) -> None:
+    result = run_cli("serve", env=env_for(db_path, PROJECTOR_SIGNING_KEYS=keys), timeout=30)
+    assert result.returncode == 2
+    assert "pk_secret" not in result.stderr + result.stdout
+    assert TEST_KEY not in result.stderr + result.stdout
+
+
+def test_serve_on_a_port_already_in_use_exits_with_an_error_instead_of_hanging(
+    db_path: Path,
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        try:
+            result = run_cli("serve", "--port", str(port), env=env_for(db_path), timeout=10)
+        except subprocess.TimeoutExpired as hung:
+            output = hung.stderr.decode() if isinstance(hung.stderr, bytes) else str(hung.stderr)
+            pytest.fail(f"serve still ran 10 s after failing to bind:\n{output[-600:]}")
+    assert result.returncode != 0
+    assert str(port) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- secrets stay out of the logs -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def service_output(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Start a service, send it deliveries signed with every key, read, stop; all output."""
+    tmp_path = tmp_path_factory.mktemp("secrets")
+    service = Service(tmp_path / "projector.sqlite3").start()
+    try:
+        lines = []
+        keys = (("test", TEST_KEY), ("live", LIVE_KEY), ("live", LIVE_OLD_KEY))
+        for n, (environment, key) in enumerate(keys):
+            body = json.dumps(
+                {
+                    "linked_account_id": f"acct-{n}",
+                    "environment": environment,
+                    "event": "Connection Created",
+                    "slug": "slack",
+                    "createdAt": "Wed, 01 Jul 2026 12:00:00 GMT",
+                }
+            ).encode()
+            lines.append(body)
+            request = urllib.request.Request(
+                f"{service.url}/webhooks/refold", data=body, headers=signed(body, key)
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 200
+        deliveries = tmp_path / "deliveries.jsonl"
+        deliveries.write_bytes(b"\n".join(lines) + b"\n")
+        sent = run_cli(
+            "send", str(deliveries), "--url", f"{service.url}/webhooks/refold", env=service.env
+        )
+        assert sent.returncode == 0, sent.stderr
+        request = urllib.request.Request(f"{service.url}/v1/events", headers=AUTH)
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+        exit_code = service.stop()
+    finally:
+        service.kill()
+    assert exit_code == 0
+    return service.logs() + sent.stdout + sent.stderr
+
+
+@pytest.mark.e2e
+def test_signing_keys_never_appear_in_the_output_or_logs_of_a_running_service(
+    service_output: str,
+) -> None:
+    assert service_output.count("delivery_stored") == 6
+    assert "sent 3, accepted 3, duplicates 3, failed 0" in service_output
+    for secret in (TEST_KEY, LIVE_KEY, LIVE_OLD_KEY):
+        assert secret not in service_output
+
+
+@pytest.mark.e2e
+def test_read_token_never_appears_in_the_logs_of_a_running_service(service_output: str) -> None:
+    assert READ_TOKEN not in service_output
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+async def test_events_prints_one_json_line_per_delivery_of_the_environment_in_seq_order(
+    client: TestClient, db_path: Path
+) -> None:
+    acks = []
+    for body in sample_bodies()[:120]:
+        environment = environment_of(body, "test")
+        answer = await client.post(
+            "/webhooks/refold", data=body, headers=signed(body, KEY_BY_ENVIRONMENT[environment])
+        )
+        assert answer.status == 200
+        acks.append((await answer.json(), body))
+    await wait_projected(client)
+    env = env_for(db_path)
+
+    for environment in ("live", "test"):
+        result = await asyncio.to_thread(run_cli, "events", "--environment", environment, env=env)
+        assert result.returncode == 0, result.stderr
+        printed = [json.loads(line) for line in result.stdout.splitlines()]
+        wanted = [(a["seq"], a["duplicate"]) for a, _ in acks if a["environment"] == environment]
+        assert [(e["seq"], e["duplicate"]) for e in printed] == wanted
+        assert {e["environment"] for e in printed} == {environment}
+
+    default = await asyncio.to_thread(run_cli, "events", env=env)
+    assert [json.loads(line)["environment"] for line in default.stdout.splitlines()] == [
+        "live" for a, _ in acks if a["environment"] == "live"
+    ]
+
+
+async def test_events_filters_by_linked_account_id_and_stops_at_limit(
+    client: TestClient, db_path: Path
+) -> None:
+    account = "cli-account"
+    seqs = []
+    for n in range(6):
+        for who in (account, "someone-else"):
+            body = json.dumps(
+                {
+                    "linked_account_id": who,
+                    "environment": "live",
+                    "event": "Connection Created" if n % 2 == 0 else "Connection Expired",
+                    "slug": "hubspot",
+                    "createdAt": f"Wed, 01 Jul 2026 12:00:0{n} GMT",
+                }
+            ).encode()
+            answer = await client.post("/webhooks/refold", data=body, headers=signed(body))
+            assert answer.status == 200
+            if who == account:
+                seqs.append((await answer.json())["seq"])
+    env = env_for(db_path)
+
+    result = await asyncio.to_thread(run_cli, "events", "--linked-account-id", account, env=env)
+    assert result.returncode == 0, result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["seq"] for e in printed] == seqs
+    assert {e["linked_account_id"] for e in printed} == {account}
+
+    limited = await asyncio.to_thread(
+        run_cli, "events", "--linked-account-id", account, "--limit", "4", env=env
+    )
+    assert [json.loads(line)["seq"] for line in limited.stdout.splitlines()] == seqs[:4]
+
+    expired = await asyncio.to_thread(
+        run_cli, "events", "--event", "Connection Expired", "--after", str(seqs[2]), env=env
+    )
+    printed = [json.loads(line) for line in expired.stdout.splitlines()]
+    assert printed
+    assert all(e["event"] == "Connection Expired" and e["seq"] > seqs[2] for e in printed)
+    assert (await client.get("/v1/projections", headers=AUTH)).status == 200
+
+
+def test_events_on_a_missing_database_exits_2(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "projector.sqlite3"
+    result = run_cli("events", env=env_for(missing))
+    assert result.returncode == 2
+    assert "PROJECTOR_DB" in result.stderr
+    assert_plain_error(result.stderr)
+    assert not missing.exists()
+
+
+# --- rebuild ----------------------------------------------------------------------------
+
+
+def test_rebuild_on_a_missing_database_exits_2_with_a_clear_message(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "projector.sqlite3"
+    result = run_cli("rebuild", env=env_for(missing))
+    assert result.returncode == 2
+    assert "PROJECTOR_DB" in result.stderr
+    assert str(missing) in result.stderr
+    assert_plain_error(result.stderr)
+    assert not missing.exists()
+
+
+# --- schemas ----------------------------------------------------------------------------
+
+
+def test_schemas_check_passes_on_the_repository_schemas(db_path: Path) -> None:
+    if not any((REPO / "schemas").glob("*/*.json")):
+        pytest.skip("schemas/ has not been generated yet")
+    result = run_cli("schemas", "--check", env=env_for(db_path))
+    assert result.returncode == 0, result.stderr
+
+
+def test_schemas_check_passes_on_freshly_generated_schemas(tmp_path: Path) -> None:
+    out = tmp_path / "schemas"
+    env = env_for(tmp_path / "db.sqlite3")
+    written = run_cli("schemas", "--out", str(out), env=env)
+    assert written.returncode == 0, written.stderr
+    files = sorted(out.glob("*/*.json"))
+    assert files
+    assert sorted(written.stdout.split()) == sorted(str(f) for f in files)
+    for path in files:
+        json.loads(path.read_text(encoding="utf-8"))
+    assert run_cli("schemas", "--check", "--out", str(out), env=env).returncode == 0
+
+
+def test_schemas_check_fails_with_exit_1_on_an_empty_folder(tmp_path: Path) -> None:
+    out = tmp_path / "empty"
+    out.mkdir()
+    result = run_cli("schemas", "--check", "--out", str(out), env=env_for(tmp_path / "db"))
+    assert result.returncode == 1
+    assert "out of date" in result.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_schemas_check_fails_with_exit_1_when_one_file_changed(tmp_path: Path) -> None:
+    out = tmp_path / "schemas"
+    env = env_for(tmp_path / "db")
+    assert run_cli("schemas", "--out", str(out), env=env).returncode == 0
+    changed = sorted(out.glob("*/*.json"))[0]
+    changed.write_text(changed.read_text(encoding="utf-8") + " ", encoding="utf-8")
+    result = run_cli("schemas", "--check", "--out", str(out), env=env)
+    assert result.returncode == 1
+    assert changed.name in result.stderr

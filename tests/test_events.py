@@ -1,0 +1,453 @@
+"""projector.events: instants, payload models, flags and event identity."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from projector.events import (
+    ConnectionChange,
+    ConnectionEventPayload,
+    WorkflowEventPayload,
+    WorkflowOutcome,
+    format_instant,
+    parse_delivery,
+    parse_instant,
+)
+
+CONNECTION_EXAMPLE = (
+    b'{"linked_account_id":"12345","org_id":"645270e37917442c4307297a","environment":"test",'
+    b'"type":"General","event":"Connection Expired","slug":"pipedrive",'
+    b'"createdAt":"Tue, 07 Nov 2023 08:38:33 GMT"}'
+)
+WORKFLOW_EXAMPLE = (
+    b'{"linked_account_id":"dev","instance_id":"67d22c4330d75f3a3fa29056",'
+    b'"workflow_id":"67af37ad1d0bb61005439eaf","event":"Workflow Completed",'
+    b'"workflow_name":"Get Response","status":"COMPLETED","environment":"test"}'
+)
+EXAMPLE_INSTANT = datetime(2023, 11, 7, 8, 38, 33, tzinfo=UTC)
+
+
+def body(**fields: Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def connection(**overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "linked_account_id": "12345",
+        "org_id": "org",
+        "environment": "live",
+        "type": "General",
+        "event": "Connection Created",
+        "slug": "pipedrive",
+        "createdAt": "Tue, 07 Nov 2023 08:38:33 GMT",
+    }
+    fields.update(overrides)
+    return fields
+
+
+def workflow(**overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "linked_account_id": "dev",
+        "instance_id": "run-1",
+        "workflow_id": "wf-1",
+        "event": "Workflow Errored",
+        "workflow_name": "Get Response",
+        "status": "ERRORED",
+    }
+    fields.update(overrides)
+    return fields
+
+
+# --- parse_instant / format_instant -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("Tue, 07 Nov 2023 08:38:33 GMT", EXAMPLE_INSTANT, id="rfc1123"),
+        pytest.param("  Tue, 07 Nov 2023 08:38:33 GMT ", EXAMPLE_INSTANT, id="rfc1123-padded"),
+        pytest.param("Tue, 07 Nov 2023 10:38:33 +0200", EXAMPLE_INSTANT, id="rfc2822-offset"),
+        pytest.param("2023-11-07T08:38:33Z", EXAMPLE_INSTANT, id="iso-z"),
+        pytest.param("2023-11-07T10:38:33+02:00", EXAMPLE_INSTANT, id="iso-offset"),
+        pytest.param("2023-11-07T08:38:33", EXAMPLE_INSTANT, id="iso-naive-is-utc"),
+        pytest.param(
+            "2023-11-07T08:38:33.250Z",
+            EXAMPLE_INSTANT + timedelta(milliseconds=250),
+            id="iso-fraction",
+        ),
+    ],
+)
+def test_parse_instant_reads_rfc1123_and_iso8601_as_aware_utc(
+    text: str, expected: datetime
+) -> None:
+    parsed = parse_instant(text)
+    assert parsed == expected
+    assert parsed.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "2023-13-07T08:38:33Z", "Tue, 07 Nov 2023"])
+def test_parse_instant_raises_value_error_on_garbage(text: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - any ValueError is the contract
+        parse_instant(text)
+
+
+def test_format_instant_is_iso_utc_with_z_and_whole_seconds() -> None:
+    assert format_instant(EXAMPLE_INSTANT) == "2023-11-07T08:38:33Z"
+
+
+def test_format_instant_converts_other_offsets_to_utc() -> None:
+    moment = datetime(2023, 11, 7, 10, 38, 33, tzinfo=timezone(timedelta(hours=2)))
+    assert format_instant(moment) == "2023-11-07T08:38:33Z"
+
+
+def test_format_instant_keeps_microseconds_when_there_are_any() -> None:
+    moment = EXAMPLE_INSTANT.replace(microsecond=250_000)
+    assert format_instant(moment) == "2023-11-07T08:38:33.250000Z"
+
+
+def test_format_instant_round_trips_through_parse_instant() -> None:
+    for moment in (EXAMPLE_INSTANT, EXAMPLE_INSTANT.replace(microsecond=1)):
+        assert parse_instant(format_instant(moment)) == moment
+
+
+# --- documented examples ------------------------------------------------------------------
+
+
+def test_documented_connection_example_parses_without_flags() -> None:
+    parsed = parse_delivery(CONNECTION_EXAMPLE, "test")
+    assert parsed.flags == ()
+    assert parsed.kind == "connection"
+    assert parsed.event == "Connection Expired"
+    assert (parsed.linked_account_id, parsed.slug, parsed.instance_id) == (
+        "12345",
+        "pipedrive",
+        None,
+    )
+    assert parsed.change == ConnectionChange(
+        environment="test",
+        linked_account_id="12345",
+        slug="pipedrive",
+        status="expired",
+        occurred_at=EXAMPLE_INSTANT,
+        type="General",
+    )
+
+
+def test_documented_workflow_example_parses_without_flags() -> None:
+    parsed = parse_delivery(WORKFLOW_EXAMPLE, "test")
+    assert parsed.flags == ()
+    assert parsed.kind == "workflow"
+    assert parsed.event == "Workflow Completed"
+    assert (parsed.linked_account_id, parsed.slug, parsed.instance_id) == (
+        "dev",
+        None,
+        "67d22c4330d75f3a3fa29056",
+    )
+    assert parsed.change == WorkflowOutcome(
+        environment="test",
+        instance_id="67d22c4330d75f3a3fa29056",
+        linked_account_id="dev",
+        status="COMPLETED",
+        workflow_id="67af37ad1d0bb61005439eaf",
+        workflow_name="Get Response",
+        config_id=None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("event", "status"),
+    [
+        ("Connection Created", "connected"),
+        ("Connection Expired", "expired"),
+        ("Connection Deleted", "deleted"),
+    ],
+)
+def test_each_connection_event_maps_to_its_status(event: str, status: str) -> None:
+    change = parse_delivery(body(**connection(event=event)), "live").change
+    assert isinstance(change, ConnectionChange)
+    assert change.status == status
+
+
+@pytest.mark.parametrize(
+    ("event", "status"),
+    [
+        ("Workflow Completed", "COMPLETED"),
+        ("Workflow Errored", "ERRORED"),
+        ("Workflow Stopped", "STOPPED"),
+        ("Workflow Timed Out", "TIMED_OUT"),
+    ],
+)
+def test_a_workflow_event_without_status_takes_it_from_the_event_name(
+    event: str, status: str
+) -> None:
+    fields = workflow(event=event)
+    del fields["status"]
+    change = parse_delivery(body(**fields), "live").change
+    assert isinstance(change, WorkflowOutcome)
+    assert change.status == status
+
+
+def test_a_workflow_without_environment_or_config_id_is_not_flagged() -> None:
+    parsed = parse_delivery(body(**workflow()), "live")
+    assert parsed.flags == ()
+    assert isinstance(parsed.change, WorkflowOutcome)
+    assert parsed.change.environment == "live"
+    assert parsed.change.config_id is None
+
+
+def test_a_lower_case_workflow_status_is_upper_cased() -> None:
+    change = parse_delivery(body(**workflow(status="errored")), "live").change
+    assert isinstance(change, WorkflowOutcome)
+    assert change.status == "ERRORED"
+
+
+# --- flags --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "flag"),
+    [
+        pytest.param(b"not json", "not_json", id="text"),
+        pytest.param(b"", "not_json", id="empty"),
+        pytest.param(b'{"event": "Connection Created"', "not_json", id="truncated"),
+        pytest.param(b'{"event": "Connection \xff Created"}', "not_json", id="invalid-utf8"),
+        pytest.param(b'{"attempts": NaN}', "not_json", id="nan"),
+        pytest.param(b'{"attempts": Infinity}', "not_json", id="infinity"),
+        pytest.param(b"[" * 100_000, "not_json", id="deeply-nested-arrays"),
+        pytest.param(b'{"a":' * 100_000, "not_json", id="deeply-nested-objects"),
+        pytest.param(b"[1, 2]", "not_an_object", id="array"),
+        pytest.param(b'"Connection Created"', "not_an_object", id="string"),
+        pytest.param(b"42", "not_an_object", id="number"),
+        pytest.param(b"null", "not_an_object", id="null"),
+    ],
+)
+def test_bodies_that_are_not_a_json_object_are_flagged(raw: bytes, flag: str) -> None:
+    parsed = parse_delivery(raw, "live")
+    assert parsed.flags == (flag,)
+    assert parsed.change is None
+    assert parsed.kind is None
+    assert parsed.event is None
+
+
+def test_an_unknown_event_is_flagged_and_keeps_its_name() -> None:
+    parsed = parse_delivery(body(**workflow(event="Workflow Paused")), "live")
+    assert parsed.flags == ("unknown_event",)
+    assert parsed.event == "Workflow Paused"
+    assert parsed.kind is None
+    assert parsed.instance_id == "run-1"
+    assert parsed.change is None
+
+
+def test_a_non_string_event_is_an_unknown_event() -> None:
+    parsed = parse_delivery(body(**connection(event=7)), "live")
+    assert parsed.flags == ("unknown_event",)
+    assert parsed.change is None
+
+
+def test_a_payload_without_event_is_flagged_missing_field_event() -> None:
+    fields = connection()
+    del fields["event"]
+    parsed = parse_delivery(body(**fields), "live")
+    assert parsed.flags == ("missing_field:event",)
+    assert parsed.slug == "pipedrive"
+    assert parsed.change is None
+
+
+def test_a_connection_without_slug_is_flagged_missing_field_slug() -> None:
+    fields = connection()
+    del fields["slug"]
+    parsed = parse_delivery(body(**fields), "live")
+    assert parsed.flags == ("missing_field:slug",)
+    assert parsed.kind == "connection"
+    assert parsed.linked_account_id == "12345"
+    assert parsed.change is None
+
+
+def test_a_workflow_without_instance_id_is_flagged_missing_field_instance_id() -> None:
+    fields = workflow()
+    del fields["instance_id"]
+    parsed = parse_delivery(body(**fields), "live")
+    assert parsed.flags == ("missing_field:instance_id",)
+    assert parsed.kind == "workflow"
+    assert parsed.change is None
+
+
+@pytest.mark.parametrize("created_at", ["yesterday", "", "2023-02-30T00:00:00Z"])
+def test_an_unparseable_created_at_is_flagged_invalid_field(created_at: str) -> None:
+    parsed = parse_delivery(body(**connection(createdAt=created_at)), "live")
+    assert parsed.flags == ("invalid_field:createdAt",)
+    assert parsed.change is None
+
+
+@pytest.mark.parametrize("created_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_created_at_that_overflows_utc_is_flagged_not_raised(created_at: str) -> None:
+    parsed = parse_delivery(body(**connection(createdAt=created_at)), "live")
+    assert parsed.flags == ("invalid_field:createdAt",)
+    assert parsed.change is None
+
+
+def test_a_payload_naming_test_verified_by_a_live_key_is_an_environment_mismatch() -> None:
+    parsed = parse_delivery(CONNECTION_EXAMPLE, "live")
+    assert parsed.flags == ("environment_mismatch",)
+    assert parsed.change is None
+
+
+def test_a_payload_naming_live_verified_by_a_test_key_is_an_environment_mismatch() -> None:
+    parsed = parse_delivery(body(**workflow(environment="live")), "test")
+    assert parsed.flags == ("environment_mismatch",)
+    assert parsed.change is None
+
+
+@pytest.mark.parametrize("named", ["production", "live", "LIVE", "Production"])
+def test_a_production_or_live_payload_with_a_live_key_is_not_a_mismatch(named: str) -> None:
+    parsed = parse_delivery(body(**connection(environment=named)), "live")
+    assert parsed.flags == ()
+    assert isinstance(parsed.change, ConnectionChange)
+    assert parsed.change.environment == "live"
+
+
+def test_a_non_string_environment_is_a_mismatch() -> None:
+    parsed = parse_delivery(body(**connection(environment=1)), "live")
+    assert "environment_mismatch" in parsed.flags
+    assert parsed.change is None
+
+
+def test_mismatch_and_field_flags_are_reported_together() -> None:
+    fields = connection(environment="test")
+    del fields["slug"]
+    parsed = parse_delivery(body(**fields), "live")
+    assert parsed.flags == ("environment_mismatch", "missing_field:slug")
+
+
+def test_a_lone_surrogate_in_a_known_event_does_not_raise() -> None:
+    """Python's json accepts `\\ud800`; parsing must still answer, never raise."""
+    raw = body(**connection(slug="\ud800"))
+    parsed = parse_delivery(raw, "live")
+    assert parsed.change is None
+    assert parsed.flags
+
+
+def test_a_lone_surrogate_in_an_unknown_event_does_not_raise() -> None:
+    parsed = parse_delivery(b'{"event": "\\udfff"}', "live")
+    assert parsed.change is None
+    assert parsed.flags
+
+
+# --- event identity -----------------------------------------------------------------------
+
+
+def test_identical_bodies_have_the_same_event_key() -> None:
+    for raw in (CONNECTION_EXAMPLE, WORKFLOW_EXAMPLE, b"not json", b'{"event": "Other"}'):
+        assert parse_delivery(raw, "test").event_key == parse_delivery(raw, "test").event_key
+
+
+def test_created_at_in_rfc1123_or_iso_for_one_instant_gives_one_key() -> None:
+    rfc = parse_delivery(body(**connection(createdAt="Tue, 07 Nov 2023 08:38:33 GMT")), "live")
+    iso = parse_delivery(body(**connection(createdAt="2023-11-07T08:38:33Z")), "live")
+    offset = parse_delivery(body(**connection(createdAt="2023-11-07T09:38:33+01:00")), "live")
+    assert rfc.event_key == iso.event_key == offset.event_key
+
+
+def test_a_connection_key_ignores_fields_outside_its_identity() -> None:
+    plain = parse_delivery(body(**connection()), "live")
+    richer = parse_delivery(body(**connection(org_id="other", type="Custom", extra=1)), "live")
+    assert plain.event_key == richer.event_key
+
+
+def test_a_different_created_at_gives_a_different_key() -> None:
+    first = parse_delivery(body(**connection(createdAt="Tue, 07 Nov 2023 08:38:33 GMT")), "live")
+    later = parse_delivery(body(**connection(createdAt="Tue, 07 Nov 2023 08:38:34 GMT")), "live")
+    assert first.event_key != later.event_key
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"event": "Connection Deleted"}, {"slug": "hubspot"}, {"linked_account_id": "99"}],
+)
+def test_a_connection_differing_in_identity_gives_a_different_key(
+    change: dict[str, str],
+) -> None:
+    base = parse_delivery(body(**connection()), "live")
+    other = parse_delivery(body(**connection(**change)), "live")
+    assert base.event_key != other.event_key
+
+
+def test_two_errored_events_for_one_run_with_different_attempts_have_different_keys() -> None:
+    first = parse_delivery(body(**workflow(attempts=1)), "live")
+    second = parse_delivery(body(**workflow(attempts=2)), "live")
+    assert first.flags == second.flags == ()
+    assert first.event_key != second.event_key
+
+
+def test_a_workflow_key_ignores_the_order_and_spacing_of_fields() -> None:
+    fields = workflow(attempts=1)
+    compact = json.dumps(fields, separators=(",", ":")).encode()
+    reordered = json.dumps(dict(reversed(list(fields.items()))), indent=2).encode()
+    assert parse_delivery(compact, "live").event_key == parse_delivery(reordered, "live").event_key
+
+
+@pytest.mark.parametrize(
+    "raw", [CONNECTION_EXAMPLE.replace(b'"test"', b'"live"'), body(**workflow())]
+)
+def test_the_same_event_in_test_and_live_has_different_keys(raw: bytes) -> None:
+    fields = json.loads(raw)
+    fields.pop("environment", None)
+    raw = json.dumps(fields).encode()
+    assert parse_delivery(raw, "test").event_key != parse_delivery(raw, "live").event_key
+
+
+def test_the_same_flagged_body_in_test_and_live_has_different_keys() -> None:
+    test = parse_delivery(b"not json", "test")
+    live = parse_delivery(b"not json", "live")
+    assert test.event_key != live.event_key
+
+
+def test_different_unparseable_bodies_have_different_keys() -> None:
+    assert parse_delivery(b"not json", "live").event_key != (
+        parse_delivery(b"not json!", "live").event_key
+    )
+
+
+# --- payload models -----------------------------------------------------------------------
+
+
+def test_unknown_connection_fields_are_kept_verbatim() -> None:
+    extra = {"region": "eu", "details": {"nested": [1, 2.5, None]}}
+    model = ConnectionEventPayload.model_validate(connection(**extra))
+    assert model.model_extra == extra
+    assert model.model_dump()["details"] == {"nested": [1, 2.5, None]}
+
+
+def test_unknown_workflow_fields_are_kept_verbatim() -> None:
+    extra = {"failed_node": "http-1", "attempts": 3, "error": {"status": 502, "body": "<html>"}}
+    model = WorkflowEventPayload.model_validate(workflow(**extra))
+    assert model.model_extra == extra
+
+
+def test_a_numeric_linked_account_id_is_read_as_a_string() -> None:
+    parsed = parse_delivery(body(**connection(linked_account_id=12345)), "live")
+    assert parsed.flags == ()
+    assert parsed.linked_account_id == "12345"
+    assert isinstance(parsed.change, ConnectionChange)
+    assert parsed.change.linked_account_id == "12345"
+
+
+def test_a_numeric_linked_account_id_has_the_same_connection_key_as_its_string() -> None:
+    number = parse_delivery(body(**connection(linked_account_id=12345)), "live")
+    text = parse_delivery(body(**connection(linked_account_id="12345")), "live")
+    assert number.event_key == text.event_key
+
+
+def test_a_numeric_workflow_account_id_is_read_as_a_string() -> None:
+    model = WorkflowEventPayload.model_validate(workflow(linked_account_id=42))
+    assert model.linked_account_id == "42"
+
+
+def test_an_email_linked_account_id_is_kept_as_is() -> None:
+    parsed = parse_delivery(body(**connection(linked_account_id="ana@example.com")), "live")
+    assert parsed.linked_account_id == "ana@example.com"
+    assert parsed.flags == ()

@@ -1,0 +1,257 @@
+"""The append-only log on a real SQLite file: schema, append, integrity, read."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from projector import log
+from tests.storage_support import delivery_of, new_delivery, open_log, sample_deliveries
+from tests.support import sample_bodies
+
+CREATED = (
+    b'{"linked_account_id":"acct_1","org_id":"o","environment":"live","type":"General",'
+    b'"event":"Connection Created","slug":"hubspot","createdAt":"Mon, 01 Jun 2026 05:42:56 GMT"}'
+)
+EXPIRED = CREATED.replace(b"Connection Created", b"Connection Expired")
+
+
+def test_migrate_on_a_fresh_file_sets_the_schema_version_wal_and_full_sync(
+    db_path: Path,
+) -> None:
+    """A fresh file ends up at LOG_SCHEMA_VERSION, in WAL mode, with synchronous=FULL."""
+    conn = log.connect(db_path)
+    assert log.migrate(conn) == log.LOG_SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == log.LOG_SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert log.head(conn) == 0
+
+
+def test_migrate_twice_is_a_no_op_that_keeps_the_rows(db_path: Path) -> None:
+    """Running migrate again changes neither the version nor the log."""
+    conn = open_log(db_path)
+    log.append_batch(conn, [delivery_of(CREATED)])
+    assert log.migrate(conn) == log.LOG_SCHEMA_VERSION
+    conn.close()
+    again = open_log(db_path)
+    assert again.execute("PRAGMA user_version").fetchone()[0] == log.LOG_SCHEMA_VERSION
+    assert log.head(again) == 1
+
+
+def test_migrate_that_another_process_finished_first_finds_the_schema_current(
+    db_path: Path,
+) -> None:
+    """Two starts on a fresh file: the one that migrates second sees the schema already there."""
+    starting = log.connect(db_path)
+    other = log.connect(db_path)
+    raced: list[int] = []
+
+    def other_process_migrates_first(statement: str) -> None:
+        # Runs just before `starting` takes the write lock, after it read user_version 0.
+        if statement.startswith("BEGIN") and not raced:
+            raced.append(log.migrate(other))
+
+    starting.set_trace_callback(other_process_migrates_first)
+    assert log.migrate(starting) == log.LOG_SCHEMA_VERSION
+    assert raced == [log.LOG_SCHEMA_VERSION]
+    assert starting.execute("PRAGMA user_version").fetchone()[0] == log.LOG_SCHEMA_VERSION
+
+
+def test_migrate_refuses_a_database_from_a_newer_version_and_says_to_upgrade(
+    db_path: Path,
+) -> None:
+    """A user_version above the code's raises LogSchemaError telling the user to upgrade."""
+    conn = log.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {log.LOG_SCHEMA_VERSION + 1}")
+    with pytest.raises(log.LogSchemaError, match="upgrade"):
+        log.migrate(conn)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == log.LOG_SCHEMA_VERSION + 1
+
+
+def test_append_batch_numbers_deliveries_without_gaps_across_batches(db_path: Path) -> None:
+    """Seqs run 1..n in append order, whatever the batch sizes."""
+    conn = open_log(db_path)
+    deliveries = sample_deliveries()[:30]
+    seqs = []
+    for size in (1, 7, 2, 20):
+        batch, deliveries = deliveries[:size], deliveries[size:]
+        seqs += [appended.seq for appended in log.append_batch(conn, batch)]
+    assert seqs == list(range(1, 31))
+    assert [row[0] for row in conn.execute("SELECT seq FROM deliveries ORDER BY seq")] == seqs
+    assert log.head(conn) == 30
+
+
+def test_a_repeated_event_points_at_its_first_seq_even_within_one_batch(db_path: Path) -> None:
+    """Repeats get duplicate_of = the first seq, in a later batch and inside the same batch."""
+    conn = open_log(db_path)
+    first = log.append_batch(conn, [delivery_of(CREATED)])
+    later = log.append_batch(
+        conn, [delivery_of(EXPIRED), delivery_of(CREATED), delivery_of(EXPIRED)]
+    )
+    assert first == [log.Appended(1, None)]
+    assert later == [log.Appended(2, None), log.Appended(3, 1), log.Appended(4, 2)]
+    stored = conn.execute("SELECT seq, duplicate_of FROM deliveries ORDER BY seq").fetchall()
+    assert stored == [(1, None), (2, None), (3, 1), (4, 2)]
+
+
+def test_the_same_body_in_another_environment_is_not_a_duplicate(db_path: Path) -> None:
+    """Event identity includes the environment the key verified."""
+    conn = open_log(db_path)
+    body = CREATED.replace(b'"environment":"live",', b"")
+    appended = log.append_batch(conn, [new_delivery(body, "live"), new_delivery(body, "test")])
+    assert [a.duplicate_of for a in appended] == [None, None]
+
+
+def test_update_of_a_delivery_is_refused_and_leaves_the_row_unchanged(db_path: Path) -> None:
+    """The log is append-only: UPDATE raises and nothing changes."""
+    conn = open_log(db_path)
+    log.append_batch(conn, [delivery_of(CREATED)])
+    before = conn.execute("SELECT * FROM deliveries").fetchall()
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("UPDATE deliveries SET body = x'00', event = 'forged' WHERE seq = 1")
+    assert conn.execute("SELECT * FROM deliveries").fetchall() == before
+
+
+def test_delete_of_a_delivery_is_refused_and_leaves_the_row_in_place(db_path: Path) -> None:
+    """The log is append-only: DELETE raises and the row stays."""
+    conn = open_log(db_path)
+    log.append_batch(conn, [delivery_of(CREATED)])
+    before = conn.execute("SELECT * FROM deliveries").fetchall()
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM deliveries")
+    assert conn.execute("SELECT * FROM deliveries").fetchall() == before
+
+
+@pytest.mark.parametrize("offset", [0, 2, -5], ids=["repeat_head", "skip_one", "negative"])
+def test_a_seq_other_than_head_plus_one_is_refused_by_the_trigger(
+    db_path: Path, offset: int
+) -> None:
+    """A direct INSERT that would leave a gap, or reuse a seq, is aborted."""
+    conn = open_log(db_path)
+    log.append_batch(conn, [delivery_of(CREATED)])
+    with pytest.raises(sqlite3.DatabaseError, match="head \\+ 1"):
+        conn.execute(
+            "INSERT INTO deliveries (seq, received_at, environment, key_id, signed_as, headers,"
+            " body, event_key, flags) VALUES (?, 't', 'live', 'k', 'raw', '{}', x'00', 'e', '[]')",
+            (log.head(conn) + offset,),
+        )
+    assert log.head(conn) == 1
+    assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 1
+
+
+def test_a_direct_insert_at_head_plus_one_is_accepted(db_path: Path) -> None:
+    """The trigger lets the next seq in, so it refuses gaps only."""
+    conn = open_log(db_path)
+    log.append_batch(conn, [delivery_of(CREATED)])
+    conn.execute(
+        "INSERT INTO deliveries (seq, received_at, environment, key_id, signed_as, headers,"
+        " body, event_key, flags) VALUES (2, 't', 'live', 'k', 'raw', '{}', x'00', 'e', '[]')"
+    )
+    assert log.head(conn) == 2
+
+
+def test_bodies_are_stored_byte_for_byte_including_invalid_utf8(db_path: Path) -> None:
+    """Whatever bytes arrived come back out, invalid UTF-8 and NUL included."""
+    conn = open_log(db_path)
+    bodies = [
+        b"\xff\xfe\x00not json \x80\xc3(",
+        CREATED + b"\n",
+        b' {"event": "Workflow Completed", "x": "caf\xc3\xa9"} ',
+        b"",
+    ]
+    log.append_batch(conn, [new_delivery(body, "live") for body in bodies])
+    stored = conn.execute("SELECT body, typeof(body) FROM deliveries ORDER BY seq").fetchall()
+    assert [body for body, _ in stored] == bodies
+    assert {kind for _, kind in stored} == {"blob"}
+    assert [d.body for d in log.read_after(conn, 0, 10)] == bodies
+
+
+def test_append_batch_stores_every_field_of_the_delivery(db_path: Path) -> None:
+    """Headers and flags round-trip as JSON; the searchable columns hold the parsed values."""
+    conn = open_log(db_path)
+    delivery = replace(
+        new_delivery(b"not json", "test"),
+        headers={"user-agent": "refold", "content-type": "application/json"},
+        signed_as="compact",
+    )
+    log.append_batch(conn, [delivery])
+    row = conn.execute(
+        "SELECT received_at, environment, key_id, signed_as, headers, event, kind, flags,"
+        " event_key FROM deliveries"
+    ).fetchone()
+    assert row[:4] == (delivery.received_at, "test", delivery.key_id, "compact")
+    assert json.loads(row[4]) == delivery.headers
+    assert row[5:7] == (None, None)
+    assert json.loads(row[7]) == ["not_json"]
+    assert row[8] == delivery.event_key
+
+
+def test_read_after_returns_the_deliveries_after_a_seq_in_order(db_path: Path) -> None:
+    """read_after(after, limit) gives at most `limit` rows, seqs after `after`, ascending."""
+    conn = open_log(db_path)
+    deliveries = sample_deliveries()[:20]
+    log.append_batch(conn, deliveries)
+    page = log.read_after(conn, 5, 4)
+    assert [d.seq for d in page] == [6, 7, 8, 9]
+    assert [d.body for d in page] == [d.body for d in deliveries[5:9]]
+    assert [d.environment for d in page] == [d.environment for d in deliveries[5:9]]
+    assert [d.flags for d in page] == [d.flags for d in deliveries[5:9]]
+    assert log.read_after(conn, 20, 10) == []
+
+
+def test_iterate_chunks_cover_the_whole_log_in_order(db_path: Path) -> None:
+    """The chunks, concatenated, are the log from seq 1 to the head, each chunk bounded."""
+    conn = open_log(db_path)
+    deliveries = sample_deliveries()
+    log.append_batch(conn, deliveries)
+    chunks = list(log.iterate(conn, chunk=50))
+    assert all(0 < len(chunk) <= 50 for chunk in chunks)
+    seqs = [d.seq for chunk in chunks for d in chunk]
+    assert seqs == list(range(1, len(deliveries) + 1))
+    assert [d.body for chunk in chunks for d in chunk] == sample_bodies()
+    assert [d.seq for chunk in log.iterate(conn, after=530, chunk=4) for d in chunk] == [
+        531,
+        532,
+        533,
+        534,
+        535,
+        536,
+    ]
+
+
+def test_read_back_marks_the_repeats_of_earlier_deliveries(db_path: Path) -> None:
+    """LoggedDelivery.duplicate_of carries what append_batch decided."""
+    conn = open_log(db_path)
+    appended = log.append_batch(conn, sample_deliveries())
+    assert [d.duplicate_of for d in log.read_after(conn, 0, 1000)] == [
+        a.duplicate_of for a in appended
+    ]
+    assert any(a.duplicate_of is not None for a in appended)
+
+
+def test_a_failing_row_rolls_back_its_whole_batch(db_path: Path) -> None:
+    """One row violating NOT NULL leaves the head where it was and stores nothing of the batch."""
+    conn = open_log(db_path)
+    log.append_batch(conn, [delivery_of(CREATED)])
+    broken = replace(delivery_of(EXPIRED), body=None)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        log.append_batch(conn, [delivery_of(EXPIRED), broken, delivery_of(CREATED)])
+    assert not conn.in_transaction
+    assert log.head(conn) == 1
+    assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 1
+    assert log.append_batch(conn, [delivery_of(EXPIRED)]) == [log.Appended(2, None)]
+
+
+def test_a_committed_batch_is_visible_to_another_connection(db_path: Path) -> None:
+    """append_batch returns after COMMIT: a fresh read-only connection sees every row."""
+    conn = open_log(db_path)
+    log.append_batch(conn, sample_deliveries()[:10])
+    reader = log.connect(db_path, readonly=True)
+    assert log.head(reader) == 10
+    with pytest.raises(sqlite3.OperationalError):
+        reader.execute("DELETE FROM deliveries")

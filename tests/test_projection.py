@@ -1,0 +1,368 @@
+"""Running the folds over the log: catch-up, rebuild, skipped deliveries and fold errors."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from collections import defaultdict
+from dataclasses import replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from projector import log, projection
+from projector.events import ConnectionChange
+from projector.fold import ConnectionHealth, fold_connection
+from projector.readmodels import CONNECTION_HEALTH, READ_MODELS, WORKFLOW_RUNS
+from tests.storage_support import (
+    append_all,
+    catch_up,
+    delivery_of,
+    new_delivery,
+    open_log,
+    open_projected,
+    read_models,
+    sample_deliveries,
+)
+from tests.support import sample_bodies
+
+NAMES = sorted(model.name for model in READ_MODELS)
+BROKEN_SLUG = "brokenapp"
+BROKEN_BODY = (
+    b'{"linked_account_id":"acct_broken","org_id":"o","environment":"live","type":"General",'
+    b'"event":"Connection Created","slug":"brokenapp","createdAt":"Mon, 01 Jun 2026 05:42:56 GMT"}'
+)
+
+
+def positions(conn: sqlite3.Connection) -> dict[str, int]:
+    """Each projection's position."""
+    return {s.name: s.position for s in projection.statuses(conn)}
+
+
+def rebuilt(path: Path, deliveries: list[log.NewDelivery]) -> dict[str, list[tuple[Any, ...]]]:
+    """The read models a fresh log of `deliveries` rebuilds to."""
+    conn = open_log(path)
+    log.append_batch(conn, deliveries)
+    projection.rebuild(conn)
+    tables = read_models(conn)
+    conn.close()
+    return tables
+
+
+def test_prepare_reports_every_projection_stale_on_a_fresh_database(db_path: Path) -> None:
+    """Nothing has been projected yet, so every projection needs a rebuild."""
+    conn = open_log(db_path)
+    assert sorted(projection.prepare(conn)) == NAMES
+
+
+def test_prepare_reports_nothing_stale_after_a_rebuild(db_path: Path) -> None:
+    """A rebuild records every projection at its current version."""
+    conn = open_projected(db_path)
+    assert projection.prepare(conn) == []
+    assert [(s.name, s.version, s.position, s.errors) for s in projection.statuses(conn)] == [
+        (name, 1, 0, 0) for name in NAMES
+    ]
+
+
+def test_prepare_reports_a_projection_whose_version_changed(db_path: Path) -> None:
+    """A stored version that differs from the code's makes the projection stale."""
+    conn = open_projected(db_path)
+    conn.execute("UPDATE projections SET version = 0 WHERE name = 'workflow_runs'")
+    assert projection.prepare(conn) == ["workflow_runs"]
+    projection.rebuild(conn)
+    assert projection.prepare(conn) == []
+
+
+def test_catch_up_folds_the_sample_stream_and_reaches_the_head(db_path: Path) -> None:
+    """After catch-up every position is the log head and the tables hold the sample's state."""
+    conn = open_projected(db_path)
+    log.append_batch(conn, sample_deliveries())
+    head = log.head(conn)
+    assert projection.catch_up_batch(conn, 500) == 500
+    assert projection.catch_up_batch(conn, 500) == head - 500
+    assert projection.catch_up_batch(conn, 500) == 0
+    assert positions(conn) == dict.fromkeys(NAMES, head)
+    assert conn.execute("SELECT count(*) FROM connections").fetchone()[0] > 0
+    assert conn.execute("SELECT count(*) FROM workflow_runs").fetchone()[0] > 0
+    expired = conn.execute(
+        "SELECT status FROM connections WHERE environment = 'live'"
+        " AND linked_account_id = '12345' AND slug = 'gmail'"
+    ).fetchone()
+    assert expired == ("expired",)
+
+
+def test_incremental_catch_up_in_small_batches_equals_a_rebuild(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """Appending and folding 7 at a time gives the same tables as one rebuild of the log."""
+    conn = open_projected(db_path)
+    deliveries = sample_deliveries()
+    for start in range(0, len(deliveries), 7):
+        log.append_batch(conn, deliveries[start : start + 7])
+        assert projection.catch_up_batch(conn, 7) == len(deliveries[start : start + 7])
+    assert read_models(conn) == rebuilt(tmp_path / "fresh.sqlite3", deliveries)
+    projection.rebuild(conn)
+    assert read_models(conn) == rebuilt(tmp_path / "fresh2.sqlite3", deliveries)
+
+
+def test_catch_up_with_a_limit_below_the_backlog_needs_several_batches(db_path: Path) -> None:
+    """catch_up_batch reads at most `limit` deliveries; positions move by that much."""
+    conn = open_projected(db_path)
+    log.append_batch(conn, sample_deliveries()[:20])
+    assert projection.catch_up_batch(conn, 7) == 7
+    assert positions(conn) == dict.fromkeys(NAMES, 7)
+    catch_up(conn, 7)
+    assert positions(conn) == dict.fromkeys(NAMES, 20)
+
+
+def test_flagged_and_duplicate_deliveries_are_not_folded_but_positions_pass_them(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the first of a repeated event and no flagged delivery reach the fold."""
+    folded: list[ConnectionChange] = []
+
+    def counting_fold(state: ConnectionHealth | None, change: ConnectionChange) -> Any:
+        folded.append(change)
+        return fold_connection(state, change)
+
+    counted = replace(CONNECTION_HEALTH, fold=counting_fold)
+    monkeypatch.setattr(projection, "READ_MODELS", (counted, WORKFLOW_RUNS))
+    conn = open_projected(db_path)
+    expired_named_test = BROKEN_BODY.replace(b"Connection Created", b"Connection Expired")
+    expired_named_test = expired_named_test.replace(b'"live"', b'"test"')
+    append_all(
+        conn,
+        [
+            new_delivery(BROKEN_BODY, "live"),
+            new_delivery(BROKEN_BODY, "live"),  # a retry: duplicate of seq 1
+            new_delivery(expired_named_test, "live"),  # environment_mismatch: flagged
+            new_delivery(b"{not json", "live"),  # not_json: flagged
+        ],
+    )
+    catch_up(conn)
+    assert [c.status for c in folded] == ["connected"]
+    assert positions(conn) == dict.fromkeys(NAMES, 4)
+    assert conn.execute("SELECT status FROM connections").fetchall() == [("connected",)]
+
+
+def test_positions_advance_over_a_log_of_only_skipped_deliveries(db_path: Path) -> None:
+    """A batch with nothing to fold still moves every checkpoint to its last seq."""
+    conn = open_projected(db_path)
+    append_all(conn, [new_delivery(b"[]", "test"), new_delivery(b"[]", "test")])
+    catch_up(conn)
+    assert positions(conn) == dict.fromkeys(NAMES, 2)
+    assert read_models(conn) == {"connections": [], "workflow_runs": []}
+
+
+def _fail_on_broken_slug(state: ConnectionHealth | None, change: ConnectionChange) -> Any:
+    if change.slug == BROKEN_SLUG:
+        raise RuntimeError(f"fold bug on {change.slug}")
+    return fold_connection(state, change)
+
+
+def test_a_fold_error_is_recorded_and_the_projector_goes_on(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failing event gets an error row; every other event is folded; positions reach head."""
+    broken = replace(CONNECTION_HEALTH, fold=_fail_on_broken_slug)
+    monkeypatch.setattr(projection, "READ_MODELS", (broken, WORKFLOW_RUNS))
+    conn = open_projected(db_path)
+    deliveries = sample_deliveries()
+    deliveries.insert(100, delivery_of(BROKEN_BODY))
+    log.append_batch(conn, deliveries)
+    catch_up(conn, 50)
+
+    assert conn.execute("SELECT name, seq, error FROM projection_errors").fetchall() == [
+        ("connection_health", 101, "RuntimeError: fold bug on brokenapp")
+    ]
+    errors = {s.name: s.errors for s in projection.statuses(conn)}
+    assert errors == {"connection_health": 1, "workflow_runs": 0}
+    assert positions(conn) == dict.fromkeys(NAMES, len(deliveries))
+    expected = rebuilt(tmp_path / "fresh.sqlite3", deliveries)
+    tables = read_models(conn)
+    assert tables["workflow_runs"] == expected["workflow_runs"]
+    assert tables["connections"] == [
+        row for row in expected["connections"] if row[2] != BROKEN_SLUG
+    ]
+
+
+def test_a_rebuild_with_the_fixed_fold_clears_the_recorded_errors(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Errors belong to a generation: a rebuild with a working fold leaves none."""
+    broken = replace(CONNECTION_HEALTH, fold=_fail_on_broken_slug)
+    monkeypatch.setattr(projection, "READ_MODELS", (broken, WORKFLOW_RUNS))
+    conn = open_projected(db_path)
+    deliveries = [*sample_deliveries()[:30], delivery_of(BROKEN_BODY)]
+    log.append_batch(conn, deliveries)
+    catch_up(conn)
+    assert {s.name: s.errors for s in projection.statuses(conn)}["connection_health"] == 1
+
+    monkeypatch.setattr(projection, "READ_MODELS", READ_MODELS)
+    projection.rebuild(conn)
+    assert {s.name: s.errors for s in projection.statuses(conn)} == dict.fromkeys(NAMES, 0)
+    assert conn.execute("SELECT count(*) FROM projection_errors").fetchone()[0] == 0
+    assert read_models(conn) == rebuilt(tmp_path / "fresh.sqlite3", deliveries)
+
+
+def test_a_rebuild_with_a_failing_fold_records_its_errors_too(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Errors met during a rebuild are counted for the generation the rebuild swaps in."""
+    conn = open_projected(db_path)
+    log.append_batch(conn, [*sample_deliveries()[:30], delivery_of(BROKEN_BODY)])
+    broken = replace(CONNECTION_HEALTH, fold=_fail_on_broken_slug)
+    monkeypatch.setattr(projection, "READ_MODELS", (broken, WORKFLOW_RUNS))
+    assert projection.rebuild(conn, chunk=8) == 31
+    errors = {s.name: s.errors for s in projection.statuses(conn)}
+    assert errors == {"connection_health": 1, "workflow_runs": 0}
+
+
+def test_rebuild_on_another_connection_then_more_appends_catch_up_to_a_fresh_rebuild(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """A rebuild by a second process, then more appends, still ends at the rebuilt state."""
+    deliveries = sample_deliveries()
+    writer = open_projected(db_path)
+    log.append_batch(writer, deliveries[:300])
+    catch_up(writer, 100)
+    rebuilder = log.connect(db_path)
+    assert projection.rebuild(rebuilder, chunk=64) == 300
+    append_all(writer, deliveries[300:])
+    catch_up(writer, 50)
+    assert positions(writer) == dict.fromkeys(NAMES, len(deliveries))
+    assert read_models(writer) == rebuilt(tmp_path / "fresh.sqlite3", deliveries)
+    assert read_models(rebuilder) == read_models(writer)
+
+
+def test_appends_between_rebuild_chunks_are_folded_before_the_swap(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deliveries appended while a rebuild runs end up in the swapped-in tables."""
+    deliveries = sample_deliveries()
+    writer = open_projected(db_path)
+    log.append_batch(writer, deliveries[:200])
+    catch_up(writer)
+    later = iter([deliveries[200:300], deliveries[300:]])
+
+    class AppendOnProgress:
+        """Stands in for the projection logger: each progress line, the writer appends more."""
+
+        def info(self, event: str, **_: Any) -> None:
+            if event == "rebuild_progress" and (batch := next(later, None)) is not None:
+                log.append_batch(writer, batch)
+
+        def error(self, event: str, **_: Any) -> None:
+            pass
+
+    monkeypatch.setattr(projection, "logger", AppendOnProgress())
+    rebuilder = log.connect(db_path)
+    assert projection.rebuild(rebuilder, chunk=64) == len(deliveries)
+    assert next(later, None) is None
+    assert positions(writer) == dict.fromkeys(NAMES, len(deliveries))
+    assert projection.catch_up_batch(writer) == 0
+    assert read_models(writer) == rebuilt(tmp_path / "fresh.sqlite3", deliveries)
+
+
+def test_a_rebuild_that_another_rebuild_overtakes_still_completes(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """Two rebuilds at once (CLI and start-up): the later one to start its swap still succeeds."""
+    deliveries = sample_deliveries()[:80]
+    first = open_projected(db_path)
+    log.append_batch(first, deliveries)
+    second = log.connect(db_path)
+    overtaken: list[int] = []
+
+    def second_rebuild_runs_first(statement: str) -> None:
+        # Runs just before `first` opens its first transaction, after it chose its generation.
+        if statement.startswith("BEGIN") and not overtaken:
+            overtaken.append(projection.rebuild(second))
+
+    first.set_trace_callback(second_rebuild_runs_first)
+    assert projection.rebuild(first, chunk=16) == len(deliveries)
+    first.set_trace_callback(None)
+    assert overtaken == [len(deliveries)]
+    assert positions(first) == dict.fromkeys(NAMES, len(deliveries))
+    assert read_models(first) == rebuilt(tmp_path / "fresh.sqlite3", deliveries)
+
+
+def test_rebuild_of_an_empty_log_leaves_empty_tables_at_position_zero(db_path: Path) -> None:
+    """Rebuild returns the head it reached, 0 for an empty log."""
+    conn = open_log(db_path)
+    assert projection.rebuild(conn) == 0
+    assert read_models(conn) == {"connections": [], "workflow_runs": []}
+    assert positions(conn) == dict.fromkeys(NAMES, 0)
+
+
+def test_a_rebuild_leaves_no_rebuild_tables_behind(db_path: Path) -> None:
+    """After the swap only the live read-model tables remain."""
+    conn = open_projected(db_path)
+    log.append_batch(conn, sample_deliveries()[:50])
+    projection.rebuild(conn, chunk=10)
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert not {t for t in tables if t.endswith(projection.REBUILD_SUFFIX)}
+    assert {"connections", "workflow_runs", "projections", "projection_errors"} <= tables
+
+
+# --- order independence, at storage level --------------------------------------------------
+
+
+def _interesting_bodies(connections: int = 24, runs: int = 16) -> list[bytes]:
+    """Sample bodies of the connections and runs with the most distinct events, in log order."""
+    groups: dict[tuple[Any, ...], list[bytes]] = defaultdict(list)
+    for body in sample_bodies():
+        d = delivery_of(body)
+        identity = (d.environment, d.kind, d.linked_account_id, d.slug, d.instance_id)
+        if d.kind is not None and body not in groups[identity]:
+            groups[identity].append(body)
+    chosen: set[bytes] = set()
+    for kind, wanted in (("connection", connections), ("workflow", runs)):
+        taken = 0
+        ranked = sorted((g for k, g in groups.items() if k[1] == kind), key=len, reverse=True)
+        for group in ranked:
+            if taken >= wanted:
+                break
+            chosen.update(group)
+            taken += len(group)
+    return [body for body in dict.fromkeys(sample_bodies()) if body in chosen]
+
+
+BODIES = _interesting_bodies()
+
+
+def _fold_in_order(bodies: list[bytes], batch: int) -> dict[str, list[tuple[Any, ...]]]:
+    with tempfile.TemporaryDirectory() as directory:
+        conn = open_projected(Path(directory) / "projector.sqlite3")
+        try:
+            append_all(conn, [delivery_of(body) for body in bodies])
+            catch_up(conn, batch)
+            return read_models(conn)
+        finally:
+            conn.close()
+
+
+@cache
+def _in_original_order() -> dict[str, list[tuple[Any, ...]]]:
+    return _fold_in_order(BODIES, 500)
+
+
+def test_the_order_independence_sample_has_events_that_interact() -> None:
+    """The property below is only worth something if keys see several events each."""
+    assert 35 <= len(BODIES) <= 45
+    tables = _in_original_order()
+    assert len(tables["connections"]) + len(tables["workflow_runs"]) < len(BODIES) // 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_any_arrival_order_with_repeats_folds_to_the_same_tables(data: st.DataObject) -> None:
+    """Permuted, with random repeats and batch sizes, the read models equal the original order."""
+    repeats = data.draw(st.lists(st.sampled_from(BODIES), max_size=12), label="repeats")
+    order = data.draw(st.permutations([*BODIES, *repeats]), label="order")
+    batch = data.draw(st.integers(min_value=1, max_value=16), label="batch")
+    assert _fold_in_order(order, batch) == _in_original_order()

@@ -1,0 +1,532 @@
+"""Read queries on read-only connections, against a log populated from the sample stream."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+
+from projector import log, queries
+from projector.queries import InvalidCursor, ReaderPool, decode_cursor, encode_cursor
+from tests.storage_support import catch_up, new_delivery, open_projected, sample_deliveries
+
+ODD_BODY = b"\xff\xfe\x00 not json, not UTF-8 \x80"
+ENVIRONMENTS = ("live", "test")
+
+
+@pytest.fixture
+def populated(db_path: Path) -> Path:
+    """The sample stream plus one undecodable body, appended and fully projected."""
+    conn = open_projected(db_path)
+    log.append_batch(conn, [*sample_deliveries(), new_delivery(ODD_BODY, "live")])
+    catch_up(conn)
+    conn.close()
+    return db_path
+
+
+@pytest.fixture
+async def reader(populated: Path) -> AsyncIterator[aiosqlite.Connection]:
+    async with ReaderPool(populated) as pool, pool.connection() as conn:
+        yield conn
+
+
+def direct(path: Path, sql: str, *params: Any) -> list[Any]:
+    """Rows read with plain sqlite3, to compare the queries against."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+# --- cursors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "types"),
+    [
+        (("acct_1", "hubspot"), (str, str)),
+        (("ops@northwind-traders.example", "zendesk"), (str, str)),
+        (("caf\u00e9 \u2603", ""), (str, str)),
+        ((0,), (int,)),
+        ((123456789012,), (int,)),
+        (("67d22c4330d75f3a3fa29056",), (str,)),
+    ],
+)
+def test_a_cursor_decodes_to_the_values_it_was_encoded_from(
+    values: tuple[Any, ...], types: tuple[type, ...]
+) -> None:
+    """encode_cursor then decode_cursor with the same types gives the values back."""
+    cursor = encode_cursor(*values)
+    assert "=" not in cursor
+    assert decode_cursor(cursor, *types) == values
+
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("cursor", "types"),
+    [
+        ("", (int,)),
+        ("!!!!", (int,)),
+        ("not a cursor at all", (int,)),
+        ("caf\u00e9", (int,)),
+        ("a", (int,)),
+        (b64(b"hello"), (int,)),
+        (b64(b"\xff\xfe\x80"), (int,)),
+        (b64(b'{"seq": 5}'), (int,)),
+        (b64(b"5"), (int,)),
+        (b64(b"[]"), (int,)),
+        (b64(b"[1, 2]"), (int,)),
+        (b64(b'["a"]'), (str, str)),
+        (b64(b'["5"]'), (int,)),
+        (b64(b"[true]"), (int,)),
+        (b64(b"[1.0]"), (int,)),
+        (b64(b"[null]"), (int,)),
+        (b64(b"[NaN]"), (int,)),
+        (b64(b"[5]"), (str,)),
+        (b64(b'["a", 1]'), (str, str)),
+        (b64(b'[["a"], "b"]'), (str, str)),
+    ],
+)
+def test_decode_cursor_rejects_what_this_api_did_not_issue(
+    cursor: str, types: tuple[type, ...]
+) -> None:
+    """Garbage, non-JSON, and JSON of the wrong shape, length or types raise InvalidCursor."""
+    with pytest.raises(InvalidCursor):
+        decode_cursor(cursor, *types)
+
+
+def test_decode_cursor_rejects_deeply_nested_json_with_invalid_cursor() -> None:
+    """A cursor of ~1,300 characters nesting JSON arrays is garbage too, not a crash."""
+    cursor = b64(b"[" * 1000)
+    with pytest.raises(InvalidCursor):
+        decode_cursor(cursor, int)
+
+
+@pytest.mark.parametrize("seq", [2**63, 10**30])
+async def test_an_audit_cursor_beyond_sqlite_integers_is_an_invalid_cursor(
+    reader: aiosqlite.Connection, seq: int
+) -> None:
+    """A well-formed cursor whose int SQLite cannot hold is refused, not an OverflowError."""
+    with pytest.raises(InvalidCursor):
+        await queries.audit_events(reader, "live", None, None, 0, 5, encode_cursor(seq))
+
+
+# --- reader connections ----------------------------------------------------------------------
+
+
+async def test_reader_connections_cannot_write(populated: Path) -> None:
+    """Every pooled connection is read-only: writes raise and the log is unchanged."""
+    head = direct(populated, "SELECT count(*) FROM deliveries")
+    async with ReaderPool(populated, size=2) as pool:
+        for _ in range(2):
+            async with pool.connection() as conn:
+                with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                    await conn.execute("INSERT INTO projections VALUES ('x', 1, 0, 0)")
+                with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                    await conn.execute("CREATE TABLE scratch (x)")
+    assert direct(populated, "SELECT count(*) FROM deliveries") == head
+    assert direct(populated, "SELECT count(*) FROM projections WHERE name = 'x'") == [(0,)]
+
+
+async def test_readers_see_deliveries_committed_after_they_opened(populated: Path) -> None:
+    """A reader is not stuck on an old snapshot: a later commit shows in its next query."""
+    async with ReaderPool(populated) as pool:
+        async with pool.connection() as conn:
+            before = (await queries.projection_states(conn)).log_head
+        writer = log.connect(populated)
+        log.append_batch(writer, [new_delivery(b"[1]", "test")])
+        writer.close()
+        async with pool.connection() as conn:
+            assert (await queries.projection_states(conn)).log_head == before + 1
+
+
+# --- connections -----------------------------------------------------------------------------
+
+
+async def test_an_unknown_account_has_no_connections_and_needs_no_reconnect(
+    reader: aiosqlite.Connection,
+) -> None:
+    """account_connections answers an empty list for an account never seen."""
+    answer = await queries.account_connections(reader, "live", "nobody-at-all")
+    assert answer.connections == []
+    assert answer.needs_reconnect is False
+    assert (answer.linked_account_id, answer.environment) == ("nobody-at-all", "live")
+
+
+async def test_needs_reconnect_is_true_exactly_when_a_connection_is_expired(
+    reader: aiosqlite.Connection, populated: Path
+) -> None:
+    """For every account, the banner flag equals 'some connection is expired'."""
+    accounts = direct(
+        populated,
+        "SELECT environment, linked_account_id, max(status = 'expired') FROM connections"
+        " GROUP BY environment, linked_account_id",
+    )
+    assert {flag for _, _, flag in accounts} == {0, 1}
+    for environment, account, expired in accounts:
+        answer = await queries.account_connections(reader, environment, account)
+        assert answer.needs_reconnect is bool(expired), (environment, account)
+        assert answer.connections
+        assert all(c.needs_reconnect is (c.status == "expired") for c in answer.connections)
+        assert [c.slug for c in answer.connections] == sorted(c.slug for c in answer.connections)
+
+
+async def test_account_connections_match_the_connections_table(
+    reader: aiosqlite.Connection, populated: Path
+) -> None:
+    """Each connection's status and times are those the fold stored."""
+    answer = await queries.account_connections(reader, "live", "12345")
+    rows = direct(
+        populated,
+        "SELECT slug, status, status_since, first_seen, last_seen FROM connections"
+        " WHERE environment = 'live' AND linked_account_id = '12345' ORDER BY slug",
+    )
+    assert [
+        (c.slug, c.status, c.status_since, c.first_seen, c.last_event_at)
+        for c in answer.connections
+    ] == rows
+    assert ("gmail", "expired") in [(c.slug, c.status) for c in answer.connections]
+
+
+async def walk_connections(
+    reader: aiosqlite.Connection,
+    environment: str,
+    status: str | None = None,
+    slug: str | None = None,
+    limit: int = 5,
+) -> list[tuple[str, str, str]]:
+    """Every page of list_connections, concatenated."""
+    seen: list[tuple[str, str, str]] = []
+    cursor = None
+    while True:
+        page = await queries.list_connections(reader, environment, status, slug, limit, cursor)
+        assert len(page.connections) <= limit
+        seen += [(c.linked_account_id, c.slug, c.status) for c in page.connections]
+        if page.next_cursor is None:
+            return seen
+        assert len(page.connections) == limit
+        cursor = page.next_cursor
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+async def test_list_connections_pages_walk_every_connection_once_in_order(
+    reader: aiosqlite.Connection, populated: Path, environment: str
+) -> None:
+    """Pages of 5 cover every connection exactly once, by (account, slug), then stop."""
+    expected = direct(
+        populated,
+        "SELECT linked_account_id, slug, status FROM connections WHERE environment = ?"
+        " ORDER BY linked_account_id, slug",
+        environment,
+    )
+    assert len(expected) > 10
+    assert await walk_connections(reader, environment) == expected
+
+
+@pytest.mark.parametrize("status", ["connected", "expired", "deleted"])
+async def test_list_connections_status_filter_returns_only_that_status(
+    reader: aiosqlite.Connection, populated: Path, status: str
+) -> None:
+    """A status filter returns all and only the connections in that status."""
+    expected = direct(
+        populated,
+        "SELECT linked_account_id, slug, status FROM connections"
+        " WHERE environment = 'live' AND status = ? ORDER BY linked_account_id, slug",
+        status,
+    )
+    assert expected
+    assert await walk_connections(reader, "live", status=status, limit=3) == expected
+
+
+async def test_list_connections_slug_filter_returns_only_that_app(
+    reader: aiosqlite.Connection, populated: Path
+) -> None:
+    """A slug filter returns all and only that app's connections."""
+    found = await walk_connections(reader, "test", slug="hubspot", limit=2)
+    assert found
+    assert {slug for _, slug, _ in found} == {"hubspot"}
+    count = direct(
+        populated,
+        "SELECT count(*) FROM connections WHERE environment = 'test' AND slug = 'hubspot'",
+    )
+    assert len(found) == count[0][0]
+
+
+async def test_list_connections_refuses_a_cursor_of_another_list(
+    reader: aiosqlite.Connection,
+) -> None:
+    """An audit cursor (an int) is not a connections cursor (two strings)."""
+    with pytest.raises(InvalidCursor):
+        await queries.list_connections(reader, "live", None, None, 5, encode_cursor(12))
+
+
+# --- workflow runs ---------------------------------------------------------------------------
+
+
+def busiest_account(path: Path, environment: str) -> str:
+    rows = direct(
+        path,
+        "SELECT linked_account_id FROM workflow_runs WHERE environment = ?"
+        " GROUP BY linked_account_id ORDER BY count(*) DESC, linked_account_id LIMIT 1",
+        environment,
+    )
+    return str(rows[0][0])
+
+
+async def walk_runs(
+    reader: aiosqlite.Connection, environment: str, account: str, status: str | None, limit: int
+) -> list[tuple[str, str]]:
+    seen: list[tuple[str, str]] = []
+    cursor = None
+    while True:
+        page = await queries.account_runs(reader, environment, account, status, None, limit, cursor)
+        assert len(page.runs) <= limit
+        seen += [(r.instance_id, r.status) for r in page.runs]
+        if page.next_cursor is None:
+            return seen
+        cursor = page.next_cursor
+
+
+async def test_account_runs_pages_walk_every_run_once_in_instance_order(
+    reader: aiosqlite.Connection, populated: Path
+) -> None:
+    """Pages cover all of an account's runs by instance_id, statuses in lower case."""
+    account = busiest_account(populated, "live")
+    expected = direct(
+        populated,
+        "SELECT instance_id, lower(status) FROM workflow_runs"
+        " WHERE environment = 'live' AND linked_account_id = ? ORDER BY instance_id",
+        account,
+    )
+    assert len(expected) > 2
+    assert await walk_runs(reader, "live", account, None, 2) == expected
+
+
+@pytest.mark.parametrize("status", ["completed", "errored", "stopped", "timed_out"])
+async def test_account_runs_status_filter_takes_and_gives_lower_case(
+    reader: aiosqlite.Connection, populated: Path, status: str
+) -> None:
+    """Filtering by a lower-case status returns only runs in it, reported in lower case."""
+    rows = direct(
+        populated,
+        "SELECT environment, linked_account_id, count(*) FROM workflow_runs WHERE status = ?"
+        " GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT 1",
+        status.upper(),
+    )
+    assert rows
+    environment, account, count = rows[0]
+    found = await walk_runs(reader, environment, account, status, 1)
+    assert len(found) == count
+    assert {s for _, s in found} == {status}
+
+
+async def test_workflow_run_lists_its_deliveries_in_seq_order_with_duplicates_marked(
+    reader: aiosqlite.Connection, populated: Path
+) -> None:
+    """Every delivery of the run, repeats included and flagged duplicate, in log order."""
+    environment, instance = direct(
+        populated,
+        "SELECT environment, instance_id FROM deliveries WHERE instance_id IS NOT NULL"
+        " AND duplicate_of IS NOT NULL ORDER BY seq LIMIT 1",
+    )[0]
+    answer = await queries.workflow_run(reader, environment, instance)
+    assert answer is not None
+    expected = direct(
+        populated,
+        "SELECT seq, event, duplicate_of IS NOT NULL FROM deliveries"
+        " WHERE environment = ? AND instance_id = ? ORDER BY seq",
+        environment,
+        instance,
+    )
+    assert [(d.seq, d.event, d.duplicate) for d in answer.deliveries] == [
+        (seq, event, bool(dup)) for seq, event, dup in expected
+    ]
+    assert any(d.duplicate for d in answer.deliveries)
+    assert answer.instance_id == instance
+    assert answer.status == answer.status.lower()
+
+
+async def test_workflow_run_of_an_unknown_instance_is_none(reader: aiosqlite.Connection) -> None:
+    """No run, no answer."""
+    assert await queries.workflow_run(reader, "live", "000000000000000000000000") is None
+
+
+async def test_workflow_run_is_scoped_to_its_environment(
+    reader: aiosqlite.Connection, populated: Path
+) -> None:
+    """A run of one environment is unknown in the other."""
+    environment, instance = direct(
+        populated, "SELECT environment, instance_id FROM workflow_runs LIMIT 1"
+    )[0]
+    other = "test" if environment == "live" else "live"
+    assert await queries.workflow_run(reader, environment, instance) is not None
+    assert await queries.workflow_run(reader, other, instance) is None
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+async def walk_audit(
+    reader: aiosqlite.Connection,
+    environment: str,
+    account: str | None = None,
+    event: str | None = None,
+    after: int = 0,
+    limit: int = 37,
+) -> list[int]:
+    seqs: list[int] = []
+    cursor = None
+    while True:
+        page = await queries.audit_events(reader, environment, account, event, after, limit, cursor)
+        assert len(page.events) <= limit
+        assert all(e.environment == environment for e in page.events)
+        seqs += [e.seq for e in page.events]
+        if page.next_cursor is None:
+            return seqs
+        cursor = page.next_cursor
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+async def test_audit_events_pages_return_every_delivery_of_the_environment_in_order(
+    reader: aiosqlite.Connection, populated: Path, environment: str
+) -> None:
+    """Across pages, exactly the environment's deliveries, duplicates and flagged ones too."""
+    expected = [
+        row[0]
+        for row in direct(
+            populated,
+            "SELECT seq FROM deliveries WHERE environment = ? ORDER BY seq",
+            environment,
+        )
+    ]
+    assert await walk_audit(reader, environment) == expected
+
+
+async def test_audit_events_after_starts_past_the_given_seq(
+    reader: aiosqlite.Connection, populated: Path
+) -> None:
+    """`after` skips every delivery up to and including that seq."""
+    expected = [
+        row[0]
+        for row in direct(
+            populated,
+            "SELECT seq FROM deliveries WHERE environment = 'live' AND seq > 400 ORDER BY seq",
+        )
+    ]
+    assert await walk_audit(reader, "live", after=400, limit=10) == expected
+
+
+async def test_audit_events_event_filter_returns_only_that_event(
+    reader: aiosqlite.Connection, populated: Path
+) -> None:
+    """An event filter returns all and only the deliveries of that event."""
+    expected = [
+        row[0]
+        for row in direct(
+            populated,
+            "SELECT seq FROM deliveries WHERE environment = 'live'"
+            " AND event = 'Connection Expired' ORDER BY seq",
+        )
+    ]
+    assert expected
+    assert await walk_audit(reader, "live", event="Connection Expired", limit=5) == expected
+
+
+async def test_audit_events_account_filter_returns_only_that_account(
+    reader: aiosqlite.Connection, populated: Path
+) -> None:
+    """An account filter returns all and only that account's deliveries."""
+    expected = [
+        row[0]
+        for row in direct(
+            populated,
+            "SELECT seq FROM deliveries WHERE environment = 'live'"
+            " AND linked_account_id = '12345' ORDER BY seq",
+        )
+    ]
+    assert expected
+    assert await walk_audit(reader, "live", account="12345", limit=3) == expected
+
+
+async def test_audit_events_report_duplicates_flags_and_payloads(
+    reader: aiosqlite.Connection, populated: Path
+) -> None:
+    """Each event carries duplicate, flags and the parsed payload (None when not JSON)."""
+    page = await queries.audit_events(reader, "live", None, None, 0, 1000, None)
+    rows = direct(
+        populated,
+        "SELECT seq, duplicate_of IS NOT NULL, flags, body FROM deliveries"
+        " WHERE environment = 'live' ORDER BY seq",
+    )
+    assert len(page.events) == len(rows)
+    for event, (seq, duplicate, flags, body) in zip(page.events, rows, strict=True):
+        assert (event.seq, event.duplicate) == (seq, bool(duplicate))
+        assert event.flags == json.loads(flags)
+        if body == ODD_BODY:
+            assert event.payload is None
+            assert event.flags == ["not_json"]
+        else:
+            assert event.payload == json.loads(body)
+
+
+async def test_audit_event_body_base64_decodes_to_the_exact_bytes(
+    reader: aiosqlite.Connection, populated: Path
+) -> None:
+    """The detail gives back the stored bytes, even when they are not UTF-8."""
+    for seq, body in direct(populated, "SELECT seq, body FROM deliveries WHERE seq IN (1, 537)"):
+        detail = await queries.audit_event(reader, "live", seq)
+        assert detail is not None
+        assert base64.b64decode(detail.body_base64) == body
+    odd = await queries.audit_event(reader, "live", 537)
+    assert odd is not None
+    assert base64.b64decode(odd.body_base64) == ODD_BODY
+    assert (odd.signed_as, odd.headers) == ("raw", {"content-type": "application/json"})
+
+
+async def test_audit_event_of_another_environment_or_unknown_seq_is_none(
+    reader: aiosqlite.Connection,
+) -> None:
+    """A seq is found only in its own environment."""
+    assert await queries.audit_event(reader, "live", 537) is not None
+    assert await queries.audit_event(reader, "test", 537) is None
+    assert await queries.audit_event(reader, "live", 10_000) is None
+
+
+async def test_audit_event_of_a_repeat_names_the_delivery_it_repeats(
+    reader: aiosqlite.Connection, populated: Path
+) -> None:
+    """duplicate_of in the detail is the first seq of the same event."""
+    environment, seq, first = direct(
+        populated,
+        "SELECT environment, seq, duplicate_of FROM deliveries"
+        " WHERE duplicate_of IS NOT NULL ORDER BY seq LIMIT 1",
+    )[0]
+    detail = await queries.audit_event(reader, environment, seq)
+    assert detail is not None
+    assert (detail.duplicate, detail.duplicate_of) == (True, first)
+
+
+# --- projections -----------------------------------------------------------------------------
+
+
+async def test_projection_states_report_the_log_head_and_caught_up_positions(
+    reader: aiosqlite.Connection, populated: Path
+) -> None:
+    """log_head is the number of deliveries; every projection has reached it without errors."""
+    count = direct(populated, "SELECT count(*) FROM deliveries")[0][0]
+    states = await queries.projection_states(reader)
+    assert states.log_head == count == 537
+    assert [(p.name, p.position, p.errors) for p in states.projections] == [
+        ("connection_health", count, 0),
+        ("workflow_runs", count, 0),
+    ]

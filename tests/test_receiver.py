@@ -1,0 +1,361 @@
+"""POST /webhooks/refold on the whole app: signatures, limits, flags, and the error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict
+
+from projector.app import build_app
+from projector.config import fingerprint, load_settings
+from projector.signature import SIGNATURE_HEADER, sign_body
+from tests.support import (
+    AUTH,
+    LIVE_KEY,
+    LIVE_OLD_KEY,
+    READ_TOKEN,
+    SIGNING_KEYS,
+    TEST_KEY,
+    signed,
+    wait_projected,
+)
+
+WEBHOOK = "/webhooks/refold"
+SMALL_LIMIT = 2048
+
+
+def connection_body(
+    account: str = "12345",
+    environment: str = "live",
+    event: str = "Connection Expired",
+    **changes: Any,
+) -> bytes:
+    """A connection delivery as Refold documents it, compact JSON."""
+    payload = {
+        "linked_account_id": account,
+        "org_id": "645270e37917442c4307297a",
+        "environment": environment,
+        "type": "General",
+        "event": event,
+        "slug": "pipedrive",
+        "createdAt": "Tue, 07 Nov 2023 08:38:33 GMT",
+        **changes,
+    }
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+BODY = connection_body()
+
+
+async def assert_error(answer: ClientResponse, status: int, code: str) -> None:
+    """The answer is `status` with the one error shape {"error": {"code", "message"}}."""
+    assert answer.status == status
+    assert answer.content_type == "application/json"
+    document = await answer.json()
+    assert set(document) == {"error"}
+    assert set(document["error"]) == {"code", "message"}
+    assert document["error"]["code"] == code
+    assert isinstance(document["error"]["message"], str)
+    assert document["error"]["message"]
+
+
+async def log_head(client: TestClient) -> int:
+    answer = await client.get("/v1/projections", headers=AUTH)
+    assert answer.status == 200
+    return int((await answer.json())["log_head"])
+
+
+async def audit_event(client: TestClient, seq: int, environment: str = "live") -> dict[str, Any]:
+    answer = await client.get(f"/v1/events/{seq}?environment={environment}", headers=AUTH)
+    assert answer.status == 200
+    return dict(await answer.json())
+
+
+@pytest.fixture
+async def small_client(aiohttp_client, db_path: Path) -> TestClient:  # type: ignore[no-untyped-def]
+    """The whole app with a 2 KiB body limit."""
+    settings = load_settings(
+        db=db_path,
+        signing_keys=SIGNING_KEYS,
+        read_tokens=READ_TOKEN,
+        max_body_bytes=SMALL_LIMIT,
+    )
+    return await aiohttp_client(build_app(settings))
+
+
+# --- accepted deliveries ----------------------------------------------------------------
+
+
+async def test_signed_connection_delivery_answers_200_with_seq_1_live_not_duplicate(
+    client: TestClient,
+) -> None:
+    answer = await client.post(WEBHOOK, data=BODY, headers=signed(BODY))
+    assert answer.status == 200
+    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False}
+
+
+async def test_same_bytes_again_are_stored_as_duplicate_with_the_next_seq(
+    client: TestClient,
+) -> None:
+    await client.post(WEBHOOK, data=BODY, headers=signed(BODY))
+    answer = await client.post(WEBHOOK, data=BODY, headers=signed(BODY))
+    assert answer.status == 200
+    assert await answer.json() == {"seq": 2, "environment": "live", "duplicate": True}
+    assert (await audit_event(client, 2))["duplicate_of"] == 1
+
+
+async def test_delivery_signed_with_the_test_key_is_in_the_test_environment(
+    client: TestClient,
+) -> None:
+    body = connection_body(environment="test")
+    answer = await client.post(WEBHOOK, data=body, headers=signed(body, TEST_KEY))
+    assert answer.status == 200
+    assert await answer.json() == {"seq": 1, "environment": "test", "duplicate": False}
+
+
+async def test_old_rotated_live_key_is_accepted_and_recorded_as_the_key_that_matched(
+    client: TestClient,
+) -> None:
+    answer = await client.post(WEBHOOK, data=BODY, headers=signed(BODY, LIVE_OLD_KEY))
+    assert answer.status == 200
+    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False}
+    detail = await audit_event(client, 1)
+    assert detail["key_id"] == fingerprint("live", LIVE_OLD_KEY)
+    assert detail["key_id"] != fingerprint("live", LIVE_KEY)
+    assert LIVE_OLD_KEY not in json.dumps(detail)
+
+
+async def test_upper_case_hex_of_a_valid_signature_is_accepted(client: TestClient) -> None:
+    upper = sign_body(BODY, LIVE_KEY.encode()).upper()
+    answer = await client.post(WEBHOOK, data=BODY, headers={SIGNATURE_HEADER: upper})
+    assert answer.status == 200
+    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False}
+
+
+async def test_accepted_delivery_keeps_its_exact_bytes(client: TestClient) -> None:
+    body = b'{"event":"Connection Created", "linked_account_id":"12345","slug":"x",\n' + (
+        b'"createdAt":"Tue, 07 Nov 2023 08:38:33 GMT","environment":"live"}'
+    )
+    answer = await client.post(WEBHOOK, data=body, headers=signed(body))
+    assert answer.status == 200
+    detail = await audit_event(client, 1)
+    assert base64.b64decode(detail["body_base64"]) == body
+    assert detail["signed_as"] == "raw"
+
+
+async def test_body_signed_over_its_compact_json_form_is_accepted_and_recorded_as_compact(
+    client: TestClient,
+) -> None:
+    spaced = json.dumps(json.loads(BODY), indent=1).encode()
+    compact = json.dumps(json.loads(spaced), separators=(",", ":"), ensure_ascii=False).encode()
+    assert spaced != compact
+    answer = await client.post(WEBHOOK, data=spaced, headers=signed(compact))
+    assert answer.status == 200
+    detail = await audit_event(client, 1)
+    assert detail["signed_as"] == "compact"
+    assert base64.b64decode(detail["body_base64"]) == spaced
+
+
+async def test_same_connection_event_with_reordered_fields_is_a_duplicate(
+    client: TestClient,
+) -> None:
+    reordered = json.dumps(dict(reversed(json.loads(BODY).items()))).encode()
+    await client.post(WEBHOOK, data=BODY, headers=signed(BODY))
+    answer = await client.post(WEBHOOK, data=reordered, headers=signed(reordered))
+    assert await answer.json() == {"seq": 2, "environment": "live", "duplicate": True}
+
+
+async def test_second_failure_of_a_run_with_new_attempt_count_is_not_a_duplicate(
+    client: TestClient,
+) -> None:
+    seqs = []
+    for attempt in (1, 2, 2):
+        body = json.dumps(
+            {
+                "linked_account_id": "dev",
+                "instance_id": "67d22c4330d75f3a3fa29056",
+                "workflow_id": "67af37ad1d0bb61005439eaf",
+                "event": "Workflow Errored",
+                "workflow_name": "Get Response",
+                "status": "ERRORED",
+                "environment": "live",
+                "attempts": attempt,
+            }
+        ).encode()
+        answer = await client.post(WEBHOOK, data=body, headers=signed(body))
+        seqs.append(await answer.json())
+    assert [a["duplicate"] for a in seqs] == [False, False, True]
+
+
+async def test_payload_naming_production_under_the_live_key_is_not_flagged(
+    client: TestClient,
+) -> None:
+    body = connection_body(environment="production")
+    answer = await client.post(WEBHOOK, data=body, headers=signed(body))
+    assert answer.status == 200
+    assert (await audit_event(client, 1))["flags"] == []
+    await wait_projected(client)
+    banner = await client.get("/v1/accounts/12345/connections", headers=AUTH)
+    assert (await banner.json())["needs_reconnect"] is True
+
+
+# --- refused signatures -----------------------------------------------------------------
+
+VALID = sign_body(BODY, LIVE_KEY.encode())
+BAD_SIGNATURES: dict[str, CIMultiDict[str]] = {
+    "missing header": CIMultiDict(),
+    "empty header": CIMultiDict({SIGNATURE_HEADER: ""}),
+    "blank header": CIMultiDict({SIGNATURE_HEADER: "   "}),
+    "wrong key": CIMultiDict({SIGNATURE_HEADER: sign_body(BODY, b"pk_not_a_configured_key")}),
+    "signature of other bytes": CIMultiDict(
+        {SIGNATURE_HEADER: sign_body(BODY + b"\n", LIVE_KEY.encode())}
+    ),
+    "non-hex": CIMultiDict({SIGNATURE_HEADER: "z" * 64}),
+    "odd length": CIMultiDict({SIGNATURE_HEADER: VALID[:-1]}),
+    "too long": CIMultiDict({SIGNATURE_HEADER: VALID + "0"}),
+    "sha256= prefix": CIMultiDict({SIGNATURE_HEADER: "sha256=" + VALID}),
+    "two headers": CIMultiDict([(SIGNATURE_HEADER, VALID), (SIGNATURE_HEADER, VALID)]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SIGNATURES))
+async def test_bad_signature_is_refused_401_invalid_signature_and_nothing_is_stored(
+    client: TestClient, case: str
+) -> None:
+    headers = CIMultiDict(BAD_SIGNATURES[case])
+    headers["Content-Type"] = "application/json"
+    answer = await client.post(WEBHOOK, data=BODY, headers=headers)
+    await assert_error(answer, 401, "invalid_signature")
+    assert await log_head(client) == 0
+
+
+async def test_non_ascii_signature_header_is_a_plain_401(client: TestClient) -> None:
+    head = (
+        f"POST {WEBHOOK} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(BODY)}\r\nConnection: close\r\n"
+    ).encode()
+    signature = f"{SIGNATURE_HEADER}: ".encode() + "é".encode() * 32 + b"\r\n\r\n"
+    assert client.server.host == "127.0.0.1"
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(head + signature + BODY)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    assert status_line.split()[1] == b"401"
+    document = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert document["error"]["code"] == "invalid_signature"
+    assert await log_head(client) == 0
+
+
+# --- refused bodies ---------------------------------------------------------------------
+
+
+def padded_body(size: int) -> bytes:
+    """A valid connection delivery padded with an extra field to exactly `size` bytes."""
+    empty = connection_body(padding="")
+    return connection_body(padding="x" * (size - len(empty)))
+
+
+async def test_body_of_exactly_the_limit_is_accepted(small_client: TestClient) -> None:
+    body = padded_body(SMALL_LIMIT)
+    assert len(body) == SMALL_LIMIT
+    answer = await small_client.post(WEBHOOK, data=body, headers=signed(body))
+    assert answer.status == 200
+
+
+async def test_body_over_the_limit_with_content_length_is_refused_413(
+    small_client: TestClient,
+) -> None:
+    body = padded_body(SMALL_LIMIT + 1)
+    answer = await small_client.post(WEBHOOK, data=body, headers=signed(body))
+    await assert_error(answer, 413, "body_too_large")
+    assert await log_head(small_client) == 0
+
+
+async def test_chunked_body_over_the_limit_is_refused_413(small_client: TestClient) -> None:
+    body = padded_body(SMALL_LIMIT * 3)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 512):
+            yield body[start : start + 512]
+
+    answer = await small_client.post(WEBHOOK, data=chunks(), headers=signed(body))
+    assert answer.request_info.headers.get("Transfer-Encoding") == "chunked"
+    await assert_error(answer, 413, "body_too_large")
+    assert await log_head(small_client) == 0
+
+
+async def test_gzip_content_encoding_is_refused_415(client: TestClient) -> None:
+    compressed = gzip.compress(BODY)
+    headers = {**signed(compressed), "Content-Encoding": "gzip"}
+    answer = await client.post(WEBHOOK, data=compressed, headers=headers)
+    await assert_error(answer, 415, "unsupported_encoding")
+    assert await log_head(client) == 0
+
+
+async def test_get_on_the_webhook_is_a_json_405(client: TestClient) -> None:
+    answer = await client.get(WEBHOOK)
+    await assert_error(answer, 405, "method_not_allowed")
+
+
+async def test_405_on_the_webhook_names_the_allowed_method(client: TestClient) -> None:
+    """RFC 9110 section 15.5.6: a 405 must carry an Allow header."""
+    answer = await client.get(WEBHOOK)
+    assert answer.status == 405
+    assert "POST" in answer.headers.get("Allow", "")
+
+
+async def test_unknown_path_is_a_json_404(client: TestClient) -> None:
+    answer = await client.post("/webhooks/other", data=BODY, headers=signed(BODY))
+    await assert_error(answer, 404, "not_found")
+
+
+# --- stored but flagged -----------------------------------------------------------------
+
+FLAGGED = {
+    "not_json": b'{"linked_account_id":"flagged","event":"Connection Created"',
+    "unknown_event": connection_body(account="flagged", event="Connection Refreshed"),
+    "missing_field:slug": connection_body(account="flagged", slug=None),
+    "environment_mismatch": connection_body(account="flagged", environment="test"),
+}
+
+
+@pytest.mark.parametrize("flag", sorted(FLAGGED))
+async def test_signed_but_unusable_body_is_stored_flagged_and_kept_out_of_read_models(
+    client: TestClient, flag: str
+) -> None:
+    body = FLAGGED[flag]
+    answer = await client.post(WEBHOOK, data=body, headers=signed(body))
+    assert answer.status == 200
+    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False}
+
+    detail = await audit_event(client, 1)
+    assert flag in detail["flags"]
+    assert base64.b64decode(detail["body_base64"]) == body
+    if flag == "not_json":
+        assert detail["flags"] == ["not_json"]
+        assert detail["payload"] is None
+    else:
+        assert detail["payload"] == json.loads(body)
+
+    await wait_projected(client)
+    for environment in ("live", "test"):
+        banner = await client.get(
+            f"/v1/accounts/flagged/connections?environment={environment}", headers=AUTH
+        )
+        assert (await banner.json())["connections"] == []
+        listed = await client.get(f"/v1/connections?environment={environment}", headers=AUTH)
+        assert (await listed.json())["connections"] == []

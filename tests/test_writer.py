@@ -1,0 +1,192 @@
+"""The write lane: one writer thread, group commit, back-pressure and storage failures."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from projector import log
+from projector.writer import Overloaded, StorageUnavailable, WriteLane
+from tests.storage_support import open_log, sample_deliveries
+
+DELIVERIES = sample_deliveries()
+
+
+class Commits:
+    """An on_commit callback that counts the commits."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+def unique(index: int) -> log.NewDelivery:
+    """A delivery no other one in the test repeats."""
+    base = DELIVERIES[index % len(DELIVERIES)]
+    return replace(base, event_key=f"unique-{index}")
+
+
+def stored_seqs(path: Path) -> list[int]:
+    """The seqs in the log, read on a connection of its own."""
+    conn = log.connect(path, readonly=True)
+    try:
+        return [row[0] for row in conn.execute("SELECT seq FROM deliveries ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def commits() -> Commits:
+    return Commits()
+
+
+@pytest.fixture
+async def lane(db_path: Path, commits: Commits) -> AsyncIterator[WriteLane]:
+    open_log(db_path).close()
+    running = WriteLane(db_path, 10_000, commits)
+    await running.open()
+    yield running
+    await running.close()
+
+
+async def test_concurrent_appends_get_distinct_gap_free_seqs(
+    lane: WriteLane, db_path: Path
+) -> None:
+    """300 appends at once resolve with seqs 1..300, and the log holds exactly those rows."""
+    results = await asyncio.gather(*(lane.append(unique(i)) for i in range(300)))
+    assert sorted(r.seq for r in results) == list(range(1, 301))
+    assert all(r.duplicate_of is None for r in results)
+    assert stored_seqs(db_path) == list(range(1, 301))
+
+
+async def test_concurrent_appends_share_commits(lane: WriteLane, commits: Commits) -> None:
+    """Deliveries queued together are committed together: fewer commits than deliveries."""
+    await asyncio.gather(*(lane.append(unique(i)) for i in range(300)))
+    assert 1 <= commits.count < 300
+
+
+async def test_each_append_is_resolved_with_its_own_delivery_seq(
+    lane: WriteLane, db_path: Path
+) -> None:
+    """The seq a caller gets is the row that holds its delivery."""
+    results = await asyncio.gather(*(lane.append(unique(i)) for i in range(50)))
+    conn = log.connect(db_path, readonly=True)
+    by_seq = dict(conn.execute("SELECT seq, event_key FROM deliveries").fetchall())
+    assert [by_seq[r.seq] for r in results] == [f"unique-{i}" for i in range(50)]
+
+
+async def test_a_repeat_appended_through_the_lane_reports_its_original(lane: WriteLane) -> None:
+    """The lane hands back append_batch's duplicate_of."""
+    first = await lane.append(DELIVERIES[0])
+    again = await lane.append(DELIVERIES[0])
+    assert first == log.Appended(1, None)
+    assert again == log.Appended(2, 1)
+
+
+async def test_appends_beyond_max_pending_are_refused_with_overloaded(db_path: Path) -> None:
+    """With max_pending=1 some of several simultaneous appends raise Overloaded; the rest land."""
+    lane = WriteLane(db_path, 1, Commits())
+    open_log(db_path).close()
+    await lane.open()
+    try:
+        tasks = [asyncio.create_task(lane.append(unique(i))) for i in range(10)]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        refused = [t for t in tasks if isinstance(t.exception(), Overloaded)]
+        stored = [t.result() for t in tasks if t.exception() is None]
+        assert refused
+        assert all(t.exception() is None or isinstance(t.exception(), Overloaded) for t in tasks)
+        assert sorted(a.seq for a in stored) == stored_seqs(db_path)
+        assert len(stored) + len(refused) == 10
+        assert (await lane.append(unique(99))).seq == len(stored) + 1
+    finally:
+        await lane.close()
+
+
+async def test_a_full_database_raises_storage_unavailable_and_stores_nothing(
+    lane: WriteLane, db_path: Path, commits: Commits
+) -> None:
+    """When the database cannot grow, the append fails with StorageUnavailable, head unchanged."""
+    await lane.append(unique(0))
+    pages = await lane.run(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    await lane.run(lambda c: c.execute(f"PRAGMA max_page_count = {pages}").fetchall())
+    large = replace(unique(1), body=b"x" * 200_000)
+    with pytest.raises(StorageUnavailable, match="full"):
+        await lane.append(large)
+    assert await lane.run(log.head) == 1
+    assert stored_seqs(db_path) == [1]
+    assert commits.count == 1
+
+
+async def test_the_lane_recovers_once_the_database_can_store_again(
+    lane: WriteLane, db_path: Path
+) -> None:
+    """After a StorageUnavailable, raising the limit lets the same append succeed at head + 1."""
+    await lane.append(unique(0))
+    pages = await lane.run(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    await lane.run(lambda c: c.execute(f"PRAGMA max_page_count = {pages}").fetchall())
+    large = replace(unique(1), body=b"x" * 200_000)
+    with pytest.raises(StorageUnavailable):
+        await lane.append(large)
+    await lane.run(lambda c: c.execute("PRAGMA max_page_count = 1073741823").fetchall())
+    assert await lane.append(large) == log.Appended(2, None)
+    assert stored_seqs(db_path) == [1, 2]
+
+
+async def test_a_failed_commit_fails_every_append_of_its_batch(
+    lane: WriteLane, db_path: Path
+) -> None:
+    """One bad delivery in a group commit fails the whole group; none of it is stored."""
+    await lane.append(unique(0))
+    broken = replace(unique(1), body=None)  # type: ignore[arg-type]
+    outcomes = await asyncio.gather(
+        lane.append(unique(2)),
+        lane.append(broken),
+        lane.append(unique(3)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(o, StorageUnavailable) for o in outcomes)
+    assert stored_seqs(db_path) == [1]
+
+
+async def test_run_executes_a_job_on_the_writer_connection(lane: WriteLane) -> None:
+    """run() hands the job the lane's own connection and returns its result."""
+    await lane.append(unique(0))
+    assert await lane.run(log.head) == 1
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        await lane.run(lambda c: c.execute("DELETE FROM deliveries"))
+
+
+async def test_close_commits_the_queued_appends_before_returning(db_path: Path) -> None:
+    """Appends already queued when close() is called are stored and resolved."""
+    lane = WriteLane(db_path, 10_000, Commits())
+    open_log(db_path).close()
+    await lane.open()
+    tasks = [asyncio.create_task(lane.append(unique(i))) for i in range(40)]
+    await asyncio.sleep(0)  # let every task enqueue its delivery
+    assert lane.pending > 0
+    await lane.close()
+    assert all(t.done() and t.exception() is None for t in tasks)
+    assert sorted(t.result().seq for t in tasks) == list(range(1, 41))
+    assert stored_seqs(db_path) == list(range(1, 41))
+
+
+async def test_an_append_after_close_raises_storage_unavailable(lane: WriteLane) -> None:
+    """A closed lane refuses appends instead of queueing them forever."""
+    await lane.close()
+    with pytest.raises(StorageUnavailable):
+        await lane.append(unique(0))
+
+
+async def test_run_before_open_raises(db_path: Path) -> None:
+    """The lane has no connection until open()."""
+    lane = WriteLane(db_path, 10, Commits())
+    with pytest.raises(RuntimeError, match="not open"):
+        await lane.run(log.head)
+    await lane.close()
