@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from projector.events import ParsedDelivery
+
 LOG_SCHEMA_VERSION = 1
 
 # Each entry migrates the log from version N to N+1; start-up applies the missing ones.
@@ -69,6 +71,35 @@ class NewDelivery:
     instance_id: str | None
     event_key: str
     flags: tuple[str, ...]
+
+    @classmethod
+    def verified(
+        cls,
+        body: bytes,
+        parsed: ParsedDelivery,
+        *,
+        environment: str,
+        received_at: str,
+        key_id: str,
+        signed_as: str,
+        headers: dict[str, str],
+    ) -> NewDelivery:
+        """The row for a verified body, with the fields `parse_delivery` read from it."""
+        return cls(
+            received_at,
+            environment,
+            key_id,
+            signed_as,
+            headers,
+            body,
+            parsed.event,
+            parsed.kind,
+            parsed.linked_account_id,
+            parsed.slug,
+            parsed.instance_id,
+            parsed.event_key,
+            parsed.flags,
+        )
 
 
 @dataclass(frozen=True)

@@ -86,20 +86,14 @@ def make_receiver(
             raise _unauthorised("the signature does not match any configured key")
         environment = match.key.environment
         parsed = parse_delivery(body, environment)
-        delivery = log.NewDelivery(
-            received_at=format_instant(clock()),
+        delivery = log.NewDelivery.verified(
+            body,
+            parsed,
             environment=environment,
+            received_at=format_instant(clock()),
             key_id=match.key.key_id,
             signed_as=match.signed_as,
             headers=_kept_headers(request),
-            body=body,
-            event=parsed.event,
-            kind=parsed.kind,
-            linked_account_id=parsed.linked_account_id,
-            slug=parsed.slug,
-            instance_id=parsed.instance_id,
-            event_key=parsed.event_key,
-            flags=parsed.flags,
         )
         bound = logger.bind(environment=environment, refold_event=parsed.event)
         try:

@@ -18,21 +18,14 @@ RECEIVED_AT = "2026-07-01T12:00:00Z"
 
 def new_delivery(body: bytes, environment: str, received_at: str = RECEIVED_AT) -> log.NewDelivery:
     """The delivery the receiver would append for `body` verified with `environment`'s key."""
-    parsed = parse_delivery(body, environment)
-    return log.NewDelivery(
-        received_at=received_at,
+    return log.NewDelivery.verified(
+        body,
+        parse_delivery(body, environment),
         environment=environment,
+        received_at=received_at,
         key_id=fingerprint(environment, KEY_BY_ENVIRONMENT[environment]),
         signed_as="raw",
         headers={"content-type": "application/json"},
-        body=body,
-        event=parsed.event,
-        kind=parsed.kind,
-        linked_account_id=parsed.linked_account_id,
-        slug=parsed.slug,
-        instance_id=parsed.instance_id,
-        event_key=parsed.event_key,
-        flags=parsed.flags,
     )
 
 
