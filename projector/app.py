@@ -48,7 +48,8 @@ async def open_storage(lane: WriteLane) -> None:
     await lane.run(log.migrate)
     stale = await lane.run(projection.prepare)
     if stale:
-        logger.info("projection_version_changed", projections=stale, action="rebuild")
+        # New database, or a release changed a fold: the read models are rebuilt from the log.
+        logger.info("projections_rebuilding", projections=stale, reason="new or version changed")
         await lane.run(projection.rebuild)
 
 

@@ -351,7 +351,7 @@ async def test_projection_version_change_rebuilds_at_start_with_unchanged_answer
     assert all(p["position"] == len(bodies) for p in state["projections"])
     after = await snapshot(service.url, accounts_in(bodies), audit=False)
     assert after == before
-    assert "projection_version_changed" in service.logs()
+    assert "projections_rebuilding" in service.logs()
 
 
 # --- (g) SIGTERM under load -------------------------------------------------------------
