@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import structlog
 from aiohttp import web
@@ -71,25 +72,22 @@ def _status(params: dict[str, str], allowed: Iterable[str] | None = None) -> str
     status = params.get("status")
     if status is None:
         return None
-    valid = allowed is None and _STATUS_VALUE.fullmatch(status)
-    if not valid and (allowed is None or status not in allowed):
+    valid = status in allowed if allowed is not None else _STATUS_VALUE.fullmatch(status)
+    if not valid:
         choices = ", ".join(allowed) if allowed else "a lower-case status such as errored"
         raise ApiError(400, "invalid_status", f"status {status[:40]!r} is not one of {choices}")
     return status
 
 
-def _page(coroutine_factory: Callable[[], Awaitable[answers.Answer]]) -> Awaitable[answers.Answer]:
-    async def run() -> answers.Answer:
-        try:
-            return await coroutine_factory()
-        except queries.InvalidCursor:
-            raise ApiError(
-                400,
-                "invalid_cursor",
-                "cursor was not issued by this list; start again without a cursor",
-            ) from None
-
-    return run()
+@contextmanager
+def _cursor_checked() -> Iterator[None]:
+    """Turn a cursor the queries cannot read into a 400."""
+    try:
+        yield
+    except queries.InvalidCursor:
+        raise ApiError(
+            400, "invalid_cursor", "cursor was not issued by this list; start again without it"
+        ) from None
 
 
 # --- handlers ---------------------------------------------------------------------------
@@ -109,11 +107,10 @@ async def list_connections(request: web.Request) -> web.Response:
     environment, limit = _environment(params), _limit(params)
     status = _status(params, ("connected", "expired", "deleted"))
     async with request.app[READERS].connection() as conn:
-        answer = await _page(
-            lambda: queries.list_connections(
+        with _cursor_checked():
+            answer = await queries.list_connections(
                 conn, environment, status, params.get("slug"), limit, params.get("cursor")
             )
-        )
     return json_answer(answer)
 
 
@@ -135,8 +132,8 @@ async def account_runs(request: web.Request) -> web.Response:
     params = _params(request, ("status", "workflow_id", "limit", "cursor"))
     environment, limit, status = _environment(params), _limit(params), _status(params)
     async with request.app[READERS].connection() as conn:
-        answer = await _page(
-            lambda: queries.account_runs(
+        with _cursor_checked():
+            answer = await queries.account_runs(
                 conn,
                 environment,
                 request.match_info["linked_account_id"],
@@ -145,7 +142,6 @@ async def account_runs(request: web.Request) -> web.Response:
                 limit,
                 params.get("cursor"),
             )
-        )
     return json_answer(answer)
 
 
@@ -154,8 +150,8 @@ async def audit_events(request: web.Request) -> web.Response:
     environment, limit = _environment(params), _limit(params)
     after = _seq(params.get("after", "0"), "after")
     async with request.app[READERS].connection() as conn:
-        answer = await _page(
-            lambda: queries.audit_events(
+        with _cursor_checked():
+            answer = await queries.audit_events(
                 conn,
                 environment,
                 params.get("linked_account_id"),
@@ -164,7 +160,6 @@ async def audit_events(request: web.Request) -> web.Response:
                 limit,
                 params.get("cursor"),
             )
-        )
     return json_answer(answer)
 
 

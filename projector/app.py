@@ -18,7 +18,6 @@ from projector.writer import WriteLane
 
 logger = structlog.get_logger("projector.app")
 
-WRITE_LANE = web.AppKey("write_lane", WriteLane)
 PROJECTION_BATCH = 500
 # The projector also polls, so deliveries appended by another process are folded too.
 IDLE_POLL_SECONDS = 1.0
@@ -62,7 +61,6 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
     wake = asyncio.Event()
     lane = WriteLane(settings.db, settings.max_pending, on_commit=wake.set)
     readers = ReaderPool(settings.db)
-    app[WRITE_LANE] = lane
     app[api.READERS] = readers
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
