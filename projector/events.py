@@ -157,21 +157,30 @@ def parse_delivery(body: bytes, environment: str) -> ParsedDelivery:
         return ParsedDelivery(None, None, None, None, None, key, (str(flag),), None)
     event = payload.get("event")
     event_name = event if isinstance(event, str) else None
-    account = _text(payload.get("linked_account_id"))
     flags = _environment_flags(payload, environment)
     if event_name in CONNECTION_STATUS_BY_EVENT:
         return _connection(payload, environment, event_name, flags)
     if event_name in WORKFLOW_STATUS_BY_EVENT:
         return _workflow(payload, environment, event_name, flags)
     flags.append("missing_field:event" if event is None else "unknown_event")
-    key = _identity("other", environment, _canonical(payload))
+    return _flagged(payload, environment, event_name, None, flags)
+
+
+def _flagged(
+    payload: dict[str, Any],
+    environment: str,
+    event: str | None,
+    kind: Kind | None,
+    flags: list[str],
+) -> ParsedDelivery:
+    """A delivery the projectors skip, with whatever searchable fields it does have."""
     return ParsedDelivery(
-        event_name,
-        None,
-        account,
+        event,
+        kind,
+        _text(payload.get("linked_account_id")),
         _text(payload.get("slug")),
         _text(payload.get("instance_id")),
-        key,
+        _identity("other", environment, _canonical(payload)),
         tuple(flags),
         None,
     )
@@ -210,17 +219,7 @@ def _connection(
         model = ConnectionEventPayload.model_validate(payload)
     except ValidationError as error:
         flags.extend(_field_flags(error))
-        key = _identity("other", environment, _canonical(payload))
-        return ParsedDelivery(
-            event,
-            "connection",
-            _text(payload.get("linked_account_id")),
-            _text(payload.get("slug")),
-            None,
-            key,
-            tuple(flags),
-            None,
-        )
+        return _flagged(payload, environment, event, "connection", flags)
     occurred_at = parse_instant(model.createdAt)
     key = _identity(
         "connection",
@@ -257,17 +256,7 @@ def _workflow(
         model = WorkflowEventPayload.model_validate(payload)
     except ValidationError as error:
         flags.extend(_field_flags(error))
-        key = _identity("other", environment, _canonical(payload))
-        return ParsedDelivery(
-            event,
-            "workflow",
-            _text(payload.get("linked_account_id")),
-            None,
-            _text(payload.get("instance_id")),
-            key,
-            tuple(flags),
-            None,
-        )
+        return _flagged(payload, environment, event, "workflow", flags)
     # A retry repeats the payload exactly; a second genuine failure differs somewhere in it.
     key = _identity("workflow", environment, model.instance_id, event, _canonical(payload))
     outcome = WorkflowOutcome(

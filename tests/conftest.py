@@ -7,10 +7,16 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from projector.app import build_app
 from projector.config import Settings, load_settings
 from tests.support import READ_TOKEN, SIGNING_KEYS, Service
+
+# A loaded CI machine makes example generation slow; that is not a failure of the property.
+hypothesis_settings.register_profile("projector", suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile("projector")
 
 
 @pytest.fixture
