@@ -299,8 +299,7 @@ def test_rebuild_on_a_missing_database_exits_2_with_a_clear_message(tmp_path: Pa
 
 
 def test_schemas_check_passes_on_the_repository_schemas(db_path: Path) -> None:
-    if not any((REPO / "schemas").glob("*/*.json")):
-        pytest.skip("schemas/ has not been generated yet")
+    assert any((REPO / "schemas").glob("*/*.json")), "schemas/ is missing: run `make schemas`"
     result = run_cli("schemas", "--check", env=env_for(db_path))
     assert result.returncode == 0, result.stderr
 
@@ -336,3 +335,18 @@ def test_schemas_check_fails_with_exit_1_when_one_file_changed(tmp_path: Path) -
     result = run_cli("schemas", "--check", "--out", str(out), env=env)
     assert result.returncode == 1
     assert changed.name in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["a directory", "not a database"])
+def test_serve_on_an_unusable_database_exits_2_naming_projector_db(
+    tmp_path: Path, kind: str
+) -> None:
+    db = tmp_path / "db.sqlite3"
+    if kind == "a directory":
+        db.mkdir()
+    else:
+        db.write_bytes(b"this is not SQLite\n" * 100)
+    result = run_cli("serve", "--port", "1", env=env_for(db), timeout=30)
+    assert result.returncode == 2
+    assert "PROJECTOR_DB" in result.stderr
+    assert "Traceback" not in result.stderr
