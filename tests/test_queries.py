@@ -396,19 +396,18 @@ async def walk_audit(
         cursor = page.next_cursor
 
 
+def logged_seqs(db: Path, where: str, *params: object) -> list[int]:
+    """The seqs of the log rows matching `where`, read straight from the file."""
+    sql = f"SELECT seq FROM deliveries WHERE {where} ORDER BY seq"
+    return [row[0] for row in direct(db, sql, *params)]
+
+
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 async def test_audit_events_pages_return_every_delivery_of_the_environment_in_order(
     reader: aiosqlite.Connection, populated: Path, environment: str
 ) -> None:
     """Across pages, exactly the environment's deliveries, duplicates and flagged ones too."""
-    expected = [
-        row[0]
-        for row in direct(
-            populated,
-            "SELECT seq FROM deliveries WHERE environment = ? ORDER BY seq",
-            environment,
-        )
-    ]
+    expected = logged_seqs(populated, "environment = ?", environment)
     assert await walk_audit(reader, environment) == expected
 
 
@@ -416,13 +415,7 @@ async def test_audit_events_after_starts_past_the_given_seq(
     reader: aiosqlite.Connection, populated: Path
 ) -> None:
     """`after` skips every delivery up to and including that seq."""
-    expected = [
-        row[0]
-        for row in direct(
-            populated,
-            "SELECT seq FROM deliveries WHERE environment = 'live' AND seq > 400 ORDER BY seq",
-        )
-    ]
+    expected = logged_seqs(populated, "environment = 'live' AND seq > 400")
     assert await walk_audit(reader, "live", after=400, limit=10) == expected
 
 
@@ -430,14 +423,7 @@ async def test_audit_events_event_filter_returns_only_that_event(
     reader: aiosqlite.Connection, populated: Path
 ) -> None:
     """An event filter returns all and only the deliveries of that event."""
-    expected = [
-        row[0]
-        for row in direct(
-            populated,
-            "SELECT seq FROM deliveries WHERE environment = 'live'"
-            " AND event = 'Connection Expired' ORDER BY seq",
-        )
-    ]
+    expected = logged_seqs(populated, "environment = 'live' AND event = 'Connection Expired'")
     assert expected
     assert await walk_audit(reader, "live", event="Connection Expired", limit=5) == expected
 
@@ -446,14 +432,7 @@ async def test_audit_events_account_filter_returns_only_that_account(
     reader: aiosqlite.Connection, populated: Path
 ) -> None:
     """An account filter returns all and only that account's deliveries."""
-    expected = [
-        row[0]
-        for row in direct(
-            populated,
-            "SELECT seq FROM deliveries WHERE environment = 'live'"
-            " AND linked_account_id = '12345' ORDER BY seq",
-        )
-    ]
+    expected = logged_seqs(populated, "environment = 'live' AND linked_account_id = '12345'")
     assert expected
     assert await walk_audit(reader, "live", account="12345", limit=3) == expected
 
