@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from projector import log
-from projector.events import parse_delivery
+from projector.events import ConnectionChange, WorkflowOutcome, parse_delivery
 from projector.readmodels import READ_MODELS, FoldError, ReadModel
 
 logger = structlog.get_logger("projector.projection")
@@ -71,13 +71,12 @@ def statuses(conn: sqlite3.Connection) -> list[ProjectionStatus]:
     return [ProjectionStatus(*row) for row in rows]
 
 
-def _fold_deliveries(
-    conn: sqlite3.Connection,
-    model: ReadModel[Any, Any],
-    table: str,
-    deliveries: Sequence[log.LoggedDelivery],
-) -> list[FoldError]:
-    changes = []
+Changes = list[tuple[int, ConnectionChange | WorkflowOutcome]]
+
+
+def _read_changes(deliveries: Sequence[log.LoggedDelivery]) -> tuple[Changes, list[FoldError]]:
+    """Parse each delivery once, for every projection: its change, or why it has none."""
+    changes: Changes = []
     errors = []
     for delivery in deliveries:
         # Duplicates change nothing (the folds are idempotent); skipping them saves the work.
@@ -88,9 +87,22 @@ def _fold_deliveries(
         except Exception as exc:  # parse_delivery should never raise; if it does, go on
             errors.append(FoldError(delivery.seq, f"{type(exc).__name__}: {exc}"))
             continue
-        if isinstance(change, model.change_type):
+        if change is not None:
             changes.append((delivery.seq, change))
-    return errors + model.apply(conn, table, changes)
+    return changes, errors
+
+
+def _fold_changes(
+    conn: sqlite3.Connection,
+    model: ReadModel[Any, Any],
+    table: str,
+    read: tuple[Changes, list[FoldError]],
+    after: int = 0,
+) -> list[FoldError]:
+    """Fold into `table` the changes of this model's kind past `after`; returns the errors."""
+    changes, parse_errors = read
+    mine = [(seq, c) for seq, c in changes if seq > after and isinstance(c, model.change_type)]
+    return [e for e in parse_errors if e.seq > after] + model.apply(conn, table, mine)
 
 
 def _record_errors(
@@ -118,12 +130,13 @@ def catch_up_batch(conn: sqlite3.Connection, limit: int = 500) -> int:
         }
         start = min(position for position, _ in positions.values())
         deliveries = log.read_after(conn, start, limit)
+        read = _read_changes(deliveries)
         for model in READ_MODELS:
             position, generation = positions[model.name]
             pending = [d for d in deliveries if d.seq > position]
             if not pending:
                 continue
-            errors = _fold_deliveries(conn, model, model.table, pending)
+            errors = _fold_changes(conn, model, model.table, read, after=position)
             _record_errors(conn, model.name, generation, errors)
             # The checkpoint moves in the same transaction as the rows it covers.
             conn.execute(
@@ -195,6 +208,7 @@ def _check_claim(conn: sqlite3.Connection, generation: int) -> None:
 def _rebuild_chunk(
     conn: sqlite3.Connection, deliveries: Sequence[log.LoggedDelivery], generation: int
 ) -> None:
+    read = _read_changes(deliveries)
     for model in READ_MODELS:
-        errors = _fold_deliveries(conn, model, model.table + REBUILD_SUFFIX, deliveries)
+        errors = _fold_changes(conn, model, model.table + REBUILD_SUFFIX, read)
         _record_errors(conn, model.name, generation, errors)
