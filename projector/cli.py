@@ -32,6 +32,14 @@ def _settings(args: argparse.Namespace, *, secrets: bool) -> Settings:
     return load_settings(require_secrets=secrets, **overrides)
 
 
+def _environment(value: str) -> str:
+    """An --environment option: test or live (production is live)."""
+    environment = normalise_environment(value)
+    if environment is None:
+        raise argparse.ArgumentTypeError(f"{value!r}: use test or live")
+    return environment
+
+
 def _read_bodies(path: Path) -> list[bytes]:
     """One delivery body per non-blank line, byte for byte."""
     try:
@@ -161,11 +169,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=True)
     configure_logging(settings.log_format)
     bodies = _read_bodies(Path(args.file))
-    environment = normalise_environment(args.environment)
-    if environment is None:
-        raise ConfigError(f"--environment {args.environment!r}: use test or live")
     report = asyncio.run(
-        send_bodies(args.url, bodies, settings.signing_keys, environment, args.concurrency)
+        send_bodies(args.url, bodies, settings.signing_keys, args.environment, args.concurrency)
     )
     for problem in report.failed:
         print(problem, file=sys.stderr)
@@ -179,14 +184,14 @@ def cmd_send(args: argparse.Namespace) -> int:
 # --- events -----------------------------------------------------------------------------
 
 
-async def _print_events(settings: Settings, args: argparse.Namespace, environment: str) -> int:
+async def _print_events(settings: Settings, args: argparse.Namespace) -> int:
     printed, cursor = 0, None
     async with queries.ReaderPool(settings.db, size=1) as readers, readers.connection() as conn:
         while args.limit is None or printed < args.limit:
             page_size = 1000 if args.limit is None else min(1000, args.limit - printed)
             page = await queries.audit_events(
                 conn,
-                environment,
+                args.environment,
                 args.linked_account_id,
                 args.event,
                 args.after,
@@ -205,12 +210,9 @@ async def _print_events(settings: Settings, args: argparse.Namespace, environmen
 def cmd_events(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
     configure_logging(settings.log_format)
-    environment = normalise_environment(args.environment)
-    if environment is None:
-        raise ConfigError(f"--environment {args.environment!r}: use test or live")
     if not settings.db.exists():
         raise ConfigError(f"PROJECTOR_DB: no database at {settings.db}")
-    asyncio.run(_print_events(settings, args, environment))
+    asyncio.run(_print_events(settings, args))
     return 0
 
 
@@ -286,13 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("file", metavar="FILE")
     send.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8080/webhooks/refold")
     send.add_argument(
-        "--environment", default="test", help="for lines that name no environment (default test)"
+        "--environment",
+        type=_environment,
+        default="test",
+        help="for lines that name no environment (default test)",
     )
     send.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     send.set_defaults(run=cmd_send)
 
     events = _command(commands, "events", "print the audit trail as JSON lines")
-    events.add_argument("--environment", default="live", help="test or live (default live)")
+    events.add_argument(
+        "--environment", type=_environment, default="live", help="test or live (default live)"
+    )
     events.add_argument("--linked-account-id")
     events.add_argument("--event", help="e.g. 'Connection Expired'")
     events.add_argument("--after", type=int, default=0, help="only seq greater than this")
