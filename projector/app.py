@@ -37,8 +37,11 @@ async def project_continuously(lane: WriteLane, wake: asyncio.Event) -> None:
             logger.error("projection_batch_failed", error=str(exc))
             folded = 0
         if folded < PROJECTION_BATCH:
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that lands as
+            # the wait completes (a commit just set `wake`), and shutdown then waits forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), IDLE_POLL_SECONDS)
+                async with asyncio.timeout(IDLE_POLL_SECONDS):
+                    await wake.wait()
             wake.clear()
 
 

@@ -1,0 +1,30 @@
+"""The composition root's background projector: it folds, and it stops when told to."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from projector.app import open_storage, project_continuously
+from projector.writer import WriteLane
+
+
+async def test_the_projector_stops_when_cancelled_just_as_a_commit_wakes_it(
+    db_path: Path,
+) -> None:
+    """A cancel that lands with a wake-up is not swallowed, so shutdown cannot hang."""
+    wake = asyncio.Event()
+    lane = WriteLane(db_path, max_pending=10, on_commit=wake.set)
+    await lane.open()
+    try:
+        await open_storage(lane)
+        projector = asyncio.create_task(project_continuously(lane, wake))
+        await asyncio.sleep(0.3)  # caught up with the empty log: now waiting for a wake-up
+        assert not projector.done()
+        wake.set()  # a commit wakes it ...
+        projector.cancel()  # ... in the same loop step as shutdown cancels it
+        done, _ = await asyncio.wait({projector}, timeout=5)
+        assert projector in done, "the projector swallowed its cancellation"
+        assert projector.cancelled()
+    finally:
+        await lane.close()
