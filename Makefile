@@ -9,7 +9,7 @@ export PROJECTOR_SIGNING_KEYS ?= test:tk_demo_key,live:pk_demo_key
 export PROJECTOR_READ_TOKENS ?= demo-read-token
 export PROJECTOR_DB ?= data/projector.sqlite3
 
-.PHONY: run test lint typecheck pytest schemas clean
+.PHONY: run test lint typecheck pytest reliability schemas clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
+
+# The evidence behind RELIABILITY.md: a long crash loop, then the hostile-input table, the
+# fuzzers at 2,000 examples each, and the machine faults (a few minutes in all).
+reliability: $(STAMP)
+	$(BIN)/python -m tests.crash_loop --kills 12
+	HYPOTHESIS_PROFILE=reliability $(BIN)/pytest -q -p no:cacheprovider \
+		tests/test_hostile.py tests/test_fuzz.py tests/test_machine_faults.py tests/test_crash.py \
+		--hypothesis-show-statistics
 
 schemas: $(STAMP)
 	$(BIN)/projector schemas

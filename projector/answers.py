@@ -126,6 +126,9 @@ class ProjectionState(Answer):
 
 class Projections(Answer):
     log_head: int
+    log_head_hash: str = Field(
+        description="SHA-256 chain hash of the head row; record it to check the log later."
+    )
     projections: list[ProjectionState]
 
 

@@ -84,7 +84,10 @@ def _cursor_checked() -> Iterator[None]:
     """Turn a cursor the queries cannot read into a 400."""
     try:
         yield
-    except queries.InvalidCursor:
+    # A forged cursor can decode to a lone surrogate ("\ud800"), which passes the cursor's type
+    # checks but which SQLite cannot bind: that is a bad cursor too, not a 500. (Path and query
+    # values cannot hold one: aiohttp refuses raw non-ASCII and yarl leaves bad escapes as is.)
+    except (queries.InvalidCursor, UnicodeEncodeError):
         raise ApiError(
             400, "invalid_cursor", "cursor was not issued by this list; start again without it"
         ) from None
@@ -203,24 +206,43 @@ def add_query_routes(app: web.Application) -> None:
 # --- middlewares ------------------------------------------------------------------------
 
 
+class _ReadTokens:
+    """The configured read tokens; its repr names none, as logged tracebacks print locals."""
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self, tokens: tuple[bytes, ...]) -> None:
+        self._tokens = tokens
+
+    def __repr__(self) -> str:
+        return f"<{len(self._tokens)} read tokens>"
+
+    def admit(self, authorization: str) -> bool:
+        """True for `Bearer <a configured token>` (the scheme in any case)."""
+        scheme, _, token = authorization.partition(" ")
+        offered = token.strip().encode("utf-8", "surrogateescape")
+        # compare_digest against every token: the time taken does not say which was near.
+        valid = [hmac.compare_digest(offered, t) for t in self._tokens]
+        return scheme.lower() == "bearer" and any(valid)
+
+
 def bearer_auth(tokens: tuple[bytes, ...]) -> Middleware:
     """Refuse /v1 reads without a valid token, before routing, so a 401 reveals nothing."""
+    # The middleware's frame is in the traceback of every failing read, and JSON logs print
+    # each frame's locals: so the frame holds neither the tokens nor the offered one.
+    read_tokens = _ReadTokens(tokens)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/v1/") or request.path == "/v1":
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            offered = token.strip().encode("utf-8", "surrogateescape")
-            # compare_digest against every token: the time taken does not say which was near.
-            valid = [hmac.compare_digest(offered, t) for t in tokens]
-            if scheme.lower() != "bearer" or not any(valid):
-                return error_response(
-                    401,
-                    "unauthorised",
-                    "send a valid read token as 'Authorization: Bearer <token>' "
-                    "(tokens are set in PROJECTOR_READ_TOKENS)",
-                    {"WWW-Authenticate": 'Bearer realm="refold-projector"'},
-                )
+        needs_token = request.path.startswith("/v1/") or request.path == "/v1"
+        if needs_token and not read_tokens.admit(request.headers.get("Authorization", "")):
+            return error_response(
+                401,
+                "unauthorised",
+                "send a valid read token as 'Authorization: Bearer <token>' "
+                "(tokens are set in PROJECTOR_READ_TOKENS)",
+                {"WWW-Authenticate": 'Bearer realm="refold-projector"'},
+            )
         return await handler(request)
 
     return middleware

@@ -59,6 +59,9 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
     """The whole service as an aiohttp application; storage opens on start-up."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
+        # Bodies stay as sent: aiohttp would otherwise inflate a gzip bomb (or refuse br with
+        # a text 400) before the receiver could answer 415.
+        handler_args={"auto_decompress": False},
         middlewares=[api.json_errors, api.bearer_auth(settings.read_tokens), api.etag],
     )
     wake = asyncio.Event()
@@ -76,13 +79,18 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
         # Shutdown: requests have finished; stop folding, commit what is queued, close.
         projector.cancel()
         await asyncio.gather(projector, return_exceptions=True)
-        await lane.close()
+        # Readers first: a reader that has read keeps a lock that stops the writer's close
+        # from checkpointing, and a read-only connection cannot checkpoint. Closed last, the
+        # writer copies the WAL into the database file and removes it.
         await readers.close()
+        await lane.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post(
         "/webhooks/refold",
-        make_receiver(lane, settings.signing_keys, settings.max_body_bytes, clock),
+        make_receiver(
+            lane, settings.signing_keys, settings.max_body_bytes, settings.max_pending, clock
+        ),
     )
     api.add_query_routes(app)
     return app

@@ -95,8 +95,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
-    # Deliveries waiting for the writer; beyond this the receiver answers 503.
-    max_pending: int = Field(default=10_000, ge=1)
+    # Deliveries being received or waiting for the writer; beyond this the receiver answers
+    # 503. Bodies in progress take at most about max_pending x max_body_bytes of memory.
+    max_pending: int = Field(default=256, ge=1)
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
 
     @field_validator("signing_keys", mode="before")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -25,6 +26,10 @@ WORKFLOW_STATUS_BY_EVENT = {
     "Workflow Timed Out": "TIMED_OUT",
 }
 Kind = Literal["connection", "workflow"]
+# Refold payloads nest a few levels. A body nested deeper is not JSON to us even where
+# Python's parser takes it (up to ~1000 levels): pydantic cannot serialise such a payload
+# (past ~255), so one delivery would break every audit answer that includes it.
+MAX_DEPTH = 100
 
 
 def parse_instant(value: str) -> datetime:
@@ -135,28 +140,69 @@ def _identity(*parts: Any) -> str:
     return hashlib.sha256(_canonical(parts).encode()).hexdigest()
 
 
+def _raw_identity(body: bytes, environment: str) -> str:
+    return _identity("raw", environment, hashlib.sha256(body).hexdigest())
+
+
+def _noting_duplicates(seen: list[bool]) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    """A json object hook that builds each object and notes one that repeats a key."""
+
+    def build(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        built = dict(pairs)
+        if len(built) != len(pairs):  # linear: a hostile 100,000-key object stays cheap
+            seen.append(True)
+        return built
+
+    return build
+
+
+def _nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects in `value` nest more than `limit` deep (walked, not recursed)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def load_json_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """The body as a JSON object, or None and the flag that says why not."""
+    """The body as a JSON object (or None), and the flag that says what is wrong with it."""
+    repeated: list[bool] = []
     try:
-        parsed = json.loads(body, parse_constant=_reject_constant)
+        parsed = json.loads(
+            body, parse_constant=_reject_constant, object_pairs_hook=_noting_duplicates(repeated)
+        )
         # A lone surrogate (\ud800) is JSON syntax but not Unicode text: it could be neither
         # hashed, stored as text nor sent back in an answer, so such a body is not JSON to us.
         _canonical(parsed).encode()
-    except (ValueError, RecursionError):  # UnicodeError is a ValueError
+    except (ValueError, RecursionError):  # UnicodeError is a ValueError; so is a 5000-digit int
+        return None, "not_json"
+    if _nests_deeper_than(parsed, MAX_DEPTH):  # as unusable as 5000 nested `[`, see MAX_DEPTH
         return None, "not_json"
     if not isinstance(parsed, dict):
         return None, "not_an_object"
-    return parsed, None
+    # Parsers disagree on which value of a repeated key counts (first, last, or an error), so
+    # what Python reads (the last) is kept for the audit trail but not trusted as the event.
+    return parsed, "duplicate_keys" if repeated else None
 
 
 def parse_delivery(body: bytes, environment: str) -> ParsedDelivery:
     """Read a verified body for `environment` (the key's); never raises on bad input."""
     payload, flag = load_json_object(body)
     if payload is None:
-        key = _identity("raw", environment, hashlib.sha256(body).hexdigest())
+        key = _raw_identity(body, environment)
         return ParsedDelivery(None, None, None, None, None, key, (str(flag),), None)
     event = payload.get("event")
     event_name = event if isinstance(event, str) else None
+    if flag is not None:
+        # Searchable as Python reads it, but identified by its bytes: two bodies that differ
+        # only in a repeated key's other value must not be taken for one event.
+        flagged = _flagged(payload, environment, event_name, None, [flag])
+        return replace(flagged, event_key=_raw_identity(body, environment))
     flags = _environment_flags(payload, environment)
     if event_name in CONNECTION_STATUS_BY_EVENT:
         return _connection(payload, environment, event_name, flags)

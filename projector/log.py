@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from projector.events import ParsedDelivery
+from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, head_hash, row_hash
 
-LOG_SCHEMA_VERSION = 1
+LOG_SCHEMA_VERSION = 2
 
-# Each entry migrates the log from version N to N+1; start-up applies the missing ones.
-MIGRATIONS: tuple[str, ...] = (
-    """
+_CREATE_LOG = """
     CREATE TABLE deliveries (
         seq INTEGER PRIMARY KEY,
         received_at TEXT NOT NULL,
@@ -42,11 +41,50 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER deliveries_seq_without_gaps BEFORE INSERT ON deliveries
         WHEN NEW.seq IS NOT (SELECT coalesce(max(seq), 0) + 1 FROM deliveries)
         BEGIN SELECT RAISE(ABORT, 'event log: seq must be the head + 1'); END;
-    CREATE TRIGGER deliveries_no_update BEFORE UPDATE ON deliveries
-        BEGIN SELECT RAISE(ABORT, 'event log is append-only: UPDATE refused'); END;
     CREATE TRIGGER deliveries_no_delete BEFORE DELETE ON deliveries
         BEGIN SELECT RAISE(ABORT, 'event log is append-only: DELETE refused'); END;
-    """,
+"""
+
+_NO_UPDATE = """
+    CREATE TRIGGER deliveries_no_update BEFORE UPDATE ON deliveries
+        BEGIN SELECT RAISE(ABORT, 'event log is append-only: UPDATE refused'); END
+"""
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # Not executescript(): it would COMMIT the migration's transaction half-way.
+    for statement in script.split(";\n"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _add_hash_chain(conn: sqlite3.Connection) -> None:
+    """Version 2: every row carries a SHA-256 chained to the previous row's."""
+    conn.execute("ALTER TABLE deliveries ADD COLUMN row_hash TEXT NOT NULL DEFAULT ''")
+    conn.execute(
+        "CREATE TRIGGER deliveries_hash_required BEFORE INSERT ON deliveries"
+        " WHEN length(NEW.row_hash) IS NOT 64"
+        " BEGIN SELECT RAISE(ABORT, 'event log: row_hash must be a SHA-256 hex digest'); END"
+    )
+    # Rows logged before version 2 get their hashes once, here; the trigger is back
+    # before this transaction commits, so no other writer ever sees the log updatable.
+    conn.execute("DROP TRIGGER deliveries_no_update")
+    previous, after = GENESIS_HASH, 0
+    columns = ", ".join(HASHED_COLUMNS)
+    while rows := conn.execute(
+        f"SELECT {columns} FROM deliveries WHERE seq > ? ORDER BY seq LIMIT 5000", (after,)
+    ).fetchall():
+        for row in rows:
+            previous = row_hash(previous, row)
+            conn.execute("UPDATE deliveries SET row_hash = ? WHERE seq = ?", (previous, row[0]))
+        after = rows[-1][0]
+    _run_script(conn, _NO_UPDATE)
+
+
+# Each entry migrates the log from version N to N+1; start-up applies the missing ones.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    lambda conn: _run_script(conn, _CREATE_LOG + ";\n" + _NO_UPDATE),
+    _add_hash_chain,
 )
 
 
@@ -124,6 +162,16 @@ class LoggedDelivery:
     body: bytes
 
 
+def header_text(value: str) -> str:
+    """A header value as UTF-8 text, a byte that is not UTF-8 written as `\\xff`."""
+    # aiohttp hands such a byte over as a lone surrogate, which no JSON answer can carry.
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate aiohttp never makes: keep it, as its UTF-8 bytes
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the database with the durability settings the invariants need."""
     if readonly:
@@ -156,6 +204,27 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
+def _too_new(version: int) -> LogSchemaError:
+    return LogSchemaError(
+        f"the database has log schema version {version}, but this refold-projector knows "
+        f"only up to {LOG_SCHEMA_VERSION}: upgrade refold-projector before running it on "
+        "this database"
+    )
+
+
+def check_version(conn: sqlite3.Connection) -> None:
+    """Refuse, without writing, a log that is not exactly at this code's schema version."""
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > LOG_SCHEMA_VERSION:
+        raise _too_new(version)
+    if version < LOG_SCHEMA_VERSION:
+        raise LogSchemaError(
+            f"the database has log schema version {version}, older than this "
+            f"refold-projector's {LOG_SCHEMA_VERSION}: start `projector serve` (or run "
+            "`projector rebuild`) once to upgrade it, then try again"
+        )
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the log schema up to date; refuse a database newer than this code."""
     while True:
@@ -163,16 +232,10 @@ def migrate(conn: sqlite3.Connection) -> int:
             # Read under the write lock: another process may have migrated since we looked.
             version: int = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > LOG_SCHEMA_VERSION:
-                raise LogSchemaError(
-                    f"the database has log schema version {version}, but this "
-                    f"refold-projector knows only up to {LOG_SCHEMA_VERSION}: upgrade "
-                    "refold-projector before running it on this database"
-                )
+                raise _too_new(version)
             if version == LOG_SCHEMA_VERSION:
                 return version
-            for statement in MIGRATIONS[version].split(";\n"):
-                if statement.strip():
-                    conn.execute(statement)
+            MIGRATIONS[version](conn)
             conn.execute(f"PRAGMA user_version = {version + 1}")
 
 
@@ -182,13 +245,19 @@ def head(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
+_INSERT_DELIVERY = (
+    f"INSERT INTO deliveries ({', '.join(HASHED_COLUMNS)}, row_hash)"
+    f" VALUES ({', '.join('?' * (len(HASHED_COLUMNS) + 1))})"
+)
+
+
 def append_batch(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[Appended]:
     """Append deliveries in one transaction; returns once the commit is durable."""
     results: list[Appended] = []
     # With synchronous=FULL the COMMIT at the end of this block returns only after the WAL is
     # fsynced: one fsync for the whole batch is what makes group commit pay.
     with transaction(conn):
-        seq = head(conn)
+        seq, previous = head_hash(conn)
         for delivery in batch:
             seq += 1
             # Same transaction, so a repeat inside this batch finds the row just inserted.
@@ -197,28 +266,25 @@ def append_batch(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list
                 (delivery.event_key,),
             ).fetchone()
             duplicate_of = None if row is None else int(row[0])
-            conn.execute(
-                "INSERT INTO deliveries (seq, received_at, environment, key_id, signed_as,"
-                " headers, body, event, kind, linked_account_id, slug, instance_id, event_key,"
-                " flags, duplicate_of) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    seq,
-                    delivery.received_at,
-                    delivery.environment,
-                    delivery.key_id,
-                    delivery.signed_as,
-                    json.dumps(delivery.headers, sort_keys=True),
-                    delivery.body,
-                    delivery.event,
-                    delivery.kind,
-                    delivery.linked_account_id,
-                    delivery.slug,
-                    delivery.instance_id,
-                    delivery.event_key,
-                    json.dumps(list(delivery.flags)),
-                    duplicate_of,
-                ),
+            content = (
+                seq,
+                delivery.received_at,
+                delivery.environment,
+                delivery.key_id,
+                delivery.signed_as,
+                json.dumps(delivery.headers, sort_keys=True),
+                delivery.body,
+                delivery.event,
+                delivery.kind,
+                delivery.linked_account_id,
+                delivery.slug,
+                delivery.instance_id,
+                delivery.event_key,
+                json.dumps(list(delivery.flags)),
+                duplicate_of,
             )
+            previous = row_hash(previous, content)
+            conn.execute(_INSERT_DELIVERY, (*content, previous))
             results.append(Appended(seq, duplicate_of))
     return results
 

@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+import structlog.tracebacks
 
 
 def configure_logging(log_format: str = "auto") -> None:
@@ -14,7 +15,9 @@ def configure_logging(log_format: str = "auto") -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if as_json
-        else structlog.dev.ConsoleRenderer(event_key="message")
+        else structlog.dev.ConsoleRenderer(
+            event_key="message", exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[
@@ -24,7 +27,12 @@ def configure_logging(log_format: str = "auto") -> None:
             # (bound as refold_event), so the message moves to "message".
             structlog.processors.EventRenamer("message", replace_by="refold_event"),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks if as_json else structlog.dev.set_exc_info,
+            # Tracebacks without frame locals: a local can hold a signing key or a read token.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+            if as_json
+            else structlog.dev.set_exc_info,
             renderer,
         ],
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

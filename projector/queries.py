@@ -13,8 +13,9 @@ from typing import Any
 
 import aiosqlite
 
-from projector import answers
+from projector import answers, log
 from projector.events import load_json_object
+from projector.integrity import GENESIS_HASH
 from projector.projection import STATUS_QUERY
 
 
@@ -315,17 +316,20 @@ async def audit_event(
         duplicate_of=row[5],
         key_id=row[8],
         signed_as=row[9],
-        headers=json.loads(row[10]),
+        # Rows logged before header_text existed may hold lone surrogates: escape on the way out.
+        headers={k: log.header_text(v) for k, v in json.loads(row[10]).items()},
         body_base64=base64.b64encode(row[7]).decode(),
     )
 
 
 async def projection_states(conn: aiosqlite.Connection) -> answers.Projections:
     """The log head and where every projection stands."""
-    head = await _rows(conn, "SELECT coalesce(max(seq), 0) FROM deliveries")
+    head = await _rows(conn, "SELECT seq, row_hash FROM deliveries ORDER BY seq DESC LIMIT 1")
     rows = await _rows(conn, STATUS_QUERY)
+    seq, head_hash = head[0] if head else (0, GENESIS_HASH)
     return answers.Projections(
-        log_head=head[0][0],
+        log_head=seq,
+        log_head_hash=head_hash,
         projections=[
             answers.ProjectionState(name=n, version=v, position=p, errors=e) for n, v, p, e in rows
         ],

@@ -114,7 +114,7 @@ def _connection_state(row: tuple[Any, ...]) -> ConnectionHealth:
 
 CONNECTION_HEALTH: ReadModel[ConnectionChange, ConnectionHealth] = ReadModel(
     name="connection_health",
-    version=1,
+    version=2,
     table="connections",
     change_type=ConnectionChange,
     columns=(
@@ -153,7 +153,7 @@ def _run_row(state: WorkflowRun) -> tuple[Any, ...]:
 
 WORKFLOW_RUNS: ReadModel[WorkflowOutcome, WorkflowRun] = ReadModel(
     name="workflow_runs",
-    version=1,
+    version=2,
     table="workflow_runs",
     change_type=WorkflowOutcome,
     columns=(

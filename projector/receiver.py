@@ -43,26 +43,60 @@ async def read_bounded_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+    try:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except ConnectionResetError:
+        # The sender hung up before its body was complete: nothing is stored and no one is left
+        # to answer. That is the network's doing, so it is not logged as an unexpected error.
+        logger.info("delivery_incomplete", received_bytes=len(body))
+        raise ApiError(
+            400, "incomplete_body", "the connection closed before the whole body arrived"
+        ) from None
     return bytes(body)
 
 
 def _kept_headers(request: web.Request) -> dict[str, str]:
-    return {name: request.headers[name] for name in KEPT_HEADERS if name in request.headers}
+    headers = request.headers
+    return {name: log.header_text(headers[name]) for name in KEPT_HEADERS if name in headers}
+
+
+def _overloaded() -> ApiError:
+    return ApiError(
+        503,
+        "overloaded",
+        "too many deliveries are being received or stored; retry after a few seconds",
+        RETRY_AFTER,
+    )
 
 
 def make_receiver(
     lane: WriteLane,
     keys: tuple[SigningKey, ...],
     max_body_bytes: int,
+    max_pending: int,
     clock: Callable[[], datetime],
 ) -> Handler:
-    """The receiver handler, bound to its write lane, keys, body limit and clock."""
+    """The receiver handler, bound to its write lane, keys, limits and clock."""
+    in_progress = 0
 
     async def receive_delivery(request: web.Request) -> web.Response:
+        nonlocal in_progress
+        # Counted from the request's start to its answer, not just while queued for the
+        # writer: bodies being read and verified are memory too, so this bounds it at about
+        # max_pending x max_body_bytes however many connections arrive.
+        if in_progress >= max_pending:
+            logger.warning("delivery_refused_overloaded", in_progress=in_progress)
+            raise _overloaded()
+        in_progress += 1
+        try:
+            return await _receive(request)
+        finally:
+            in_progress -= 1
+
+    async def _receive(request: web.Request) -> web.Response:
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise ApiError(
@@ -100,12 +134,7 @@ def make_receiver(
             appended = await lane.append(delivery)
         except Overloaded as exc:
             bound.warning("delivery_refused_overloaded", reason=str(exc))
-            raise ApiError(
-                503,
-                "overloaded",
-                "too many deliveries are waiting to be stored; retry after a few seconds",
-                RETRY_AFTER,
-            ) from None
+            raise _overloaded() from None
         except StorageUnavailable as exc:
             bound.error("delivery_not_stored", reason=str(exc))
             raise ApiError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +16,15 @@ from projector.config import Settings, load_settings
 from tests.support import READ_TOKEN, SIGNING_KEYS, Service
 
 # A loaded CI machine makes example generation slow; that is not a failure of the property.
-hypothesis_settings.register_profile("projector", suppress_health_check=[HealthCheck.too_slow])
-hypothesis_settings.load_profile("projector")
+# No deadline either: on a busy 2-core machine a slow example is noise, not a wrong answer.
+hypothesis_settings.register_profile(
+    "projector", suppress_health_check=[HealthCheck.too_slow], deadline=None
+)
+# HYPOTHESIS_PROFILE=reliability: the same properties, twenty times the examples.
+hypothesis_settings.register_profile(
+    "reliability", parent=hypothesis_settings.get_profile("projector"), max_examples=2000
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "projector"))
 
 
 @pytest.fixture

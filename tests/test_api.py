@@ -9,19 +9,22 @@ import os
 import shutil
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
+from projector import log
+from projector.api import bearer_auth
 from projector.app import build_app
 from projector.config import load_settings
 from projector.sender import environment_of
+from tests.storage_support import delivery_of, open_log
 from tests.support import (
     AUTH,
     KEY_BY_ENVIRONMENT,
@@ -423,6 +426,52 @@ async def test_forged_well_formed_events_cursor_is_400_invalid_cursor(
     await assert_error(answer, 400, "invalid_cursor")
 
 
+async def test_no_frame_of_a_failing_reads_traceback_holds_a_read_token(
+    aiohttp_client,  # type: ignore[no-untyped-def]
+) -> None:
+    """JSON logs print every frame's locals; README: tokens never appear in logs."""
+    failures: list[BaseException] = []
+
+    @web.middleware
+    async def keep_failure(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        except RuntimeError as exc:
+            failures.append(exc)
+            return web.Response(status=500)
+
+    async def failing_read(request: web.Request) -> web.Response:
+        raise RuntimeError("a read that fails")
+
+    app = web.Application(middlewares=[keep_failure, bearer_auth((READ_TOKEN.encode(),))])
+    app.router.add_get("/v1/failing", failing_read)
+    client = await aiohttp_client(app)
+    answer = await client.get("/v1/failing", headers=AUTH)
+    assert answer.status == 500
+    traceback = failures[0].__traceback__
+    assert traceback is not None
+    while traceback is not None:
+        shown = {name: repr(value) for name, value in traceback.tb_frame.f_locals.items()}
+        assert READ_TOKEN not in repr(shown), traceback.tb_frame.f_code.co_name
+        traceback = traceback.tb_next
+
+
+@pytest.mark.parametrize(
+    ("path", "sort_key"),
+    [
+        ("/v1/connections", ["\ud800", "slack"]),
+        ("/v1/accounts/12345/workflow-runs", ["\udfff"]),
+    ],
+)
+async def test_forged_cursor_holding_a_lone_surrogate_is_400_invalid_cursor(
+    client: TestClient, path: str, sort_key: list[str]
+) -> None:
+    """json.loads takes "\\ud800" and the types match, but SQLite cannot bind it."""
+    forged = base64.urlsafe_b64encode(json.dumps(sort_key).encode()).decode().rstrip("=")
+    answer = await client.get(path, params={"cursor": forged}, headers=AUTH)
+    await assert_error(answer, 400, "invalid_cursor")
+
+
 async def test_unknown_query_parameter_is_400_unknown_parameter(client: TestClient) -> None:
     for url in (
         "/v1/connections?stauts=expired",
@@ -750,3 +799,20 @@ async def test_error_answers_carry_no_etag(client: TestClient) -> None:
     answer = await client.get("/v1/workflow-runs/unknown", headers=AUTH)
     assert answer.status == 404
     assert "ETag" not in answer.headers
+
+
+async def test_an_event_logged_with_undecodable_header_bytes_reads_back_escaped(
+    tmp_path: Path,
+) -> None:
+    """Rows from before header values were escaped on receipt still answer, not 500."""
+    settings = load_settings(
+        db=tmp_path / "old.sqlite3", signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN
+    )
+    conn = open_log(settings.db)
+    old_row = replace(delivery_of(sample_bodies()[0]), headers={"user-agent": "curl\udcff"})
+    log.append_batch(conn, [old_row])
+    conn.close()
+    async with TestClient(TestServer(build_app(settings))) as client:
+        answer = await client.get("/v1/events/1?environment=live", headers=AUTH)
+        assert answer.status == 200
+        assert (await answer.json())["headers"] == {"user-agent": "curl\\xff"}

@@ -1,12 +1,16 @@
-"""The composition root's background projector: it folds, and it stops when told to."""
+"""The composition root: its background projector stops when told to; shutdown closes cleanly."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-from projector.app import open_storage, project_continuously
+from aiohttp.test_utils import TestClient, TestServer
+
+from projector.app import build_app, open_storage, project_continuously
+from projector.config import Settings
 from projector.writer import WriteLane
+from tests.support import AUTH
 
 
 async def test_the_projector_stops_when_cancelled_just_as_a_commit_wakes_it(
@@ -28,3 +32,13 @@ async def test_the_projector_stops_when_cancelled_just_as_a_commit_wakes_it(
         assert projector.cancelled()
     finally:
         await lane.close()
+
+
+async def test_a_clean_shutdown_checkpoints_the_wal_into_the_database(settings: Settings) -> None:
+    """After serving reads, shutdown leaves no WAL: the database file alone holds the log."""
+    async with TestClient(TestServer(build_app(settings))) as client:
+        answer = await client.get("/v1/projections", headers=AUTH)  # the readers have read
+        assert answer.status == 200
+        wal = settings.db.with_name(settings.db.name + "-wal")
+        assert wal.exists()
+    assert not wal.exists()

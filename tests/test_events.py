@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from projector.events import (
+    MAX_DEPTH,
     ConnectionChange,
     ConnectionEventPayload,
     WorkflowEventPayload,
@@ -335,6 +336,77 @@ def test_a_lone_surrogate_in_an_unknown_event_does_not_raise() -> None:
     parsed = parse_delivery(b'{"event": "\\udfff"}', "live")
     assert parsed.change is None
     assert parsed.flags
+
+
+CREATED = (
+    b'"event":"Connection Created","linked_account_id":"1","slug":"s","createdAt":"2023-11-07"'
+)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b'{"event":"Connection Deleted",' + CREATED + b"}", id="top-level"),
+        pytest.param(b'{"extra":{"a":1,"b":{"c":1,"c":1}},' + CREATED + b"}", id="nested"),
+        pytest.param(b'{"list":[{"a":1,"a":2}],' + CREATED + b"}", id="in-a-list"),
+    ],
+)
+def test_a_body_with_a_duplicate_key_at_any_depth_is_flagged_and_not_projected(
+    raw: bytes,
+) -> None:
+    parsed = parse_delivery(raw, "live")
+    assert parsed.flags == ("duplicate_keys",)
+    assert parsed.change is None
+    assert parsed.kind is None
+    assert parsed.linked_account_id == "1"
+
+
+def test_the_same_key_in_sibling_objects_is_not_a_duplicate() -> None:
+    raw = body(**connection(extra=[{"a": 1}, {"a": 1}], nested={"a": {"a": 1}}))
+    assert parse_delivery(raw, "live").flags == ()
+
+
+def test_bodies_differing_only_in_a_duplicate_keys_other_value_are_different_events() -> None:
+    first = parse_delivery(b'{"event":"Connection Created",' + CREATED + b"}", "live")
+    second = parse_delivery(b'{"event":"Connection Expired",' + CREATED + b"}", "live")
+    assert first.flags == second.flags == ("duplicate_keys",)
+    assert first.event_key != second.event_key
+
+
+def nested(depth: int) -> bytes:
+    """A connection delivery whose `extra` field makes the body `depth` objects deep."""
+    return body(**connection(extra="X")).replace(
+        b'"X"', b'{"a":' * (depth - 2) + b"{}" + b"}" * (depth - 2)
+    )
+
+
+def test_a_body_nested_as_deep_as_max_depth_is_read() -> None:
+    parsed = parse_delivery(nested(MAX_DEPTH), "live")
+    assert parsed.flags == ()
+    assert parsed.change is not None
+
+
+def test_a_body_nested_deeper_than_max_depth_is_not_json_though_python_parses_it() -> None:
+    """json.loads takes ~1000 levels, but pydantic could not put the payload in an answer."""
+    for depth in (MAX_DEPTH + 1, 500):
+        json.loads(nested(depth))
+        parsed = parse_delivery(nested(depth), "live")
+        assert parsed.flags == ("not_json",)
+        assert parsed.change is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"9" * 5000, id="top-level"),
+        pytest.param(b'{"attempts":' + b"9" * 5000 + b"," + CREATED + b"}", id="in-an-object"),
+    ],
+)
+def test_a_number_over_pythons_int_digit_limit_is_not_json_and_does_not_raise(raw: bytes) -> None:
+    """int() refuses more than 4300 digits with a ValueError; parsing must still answer."""
+    parsed = parse_delivery(raw, "live")
+    assert parsed.flags == ("not_json",)
+    assert parsed.change is None
 
 
 # --- event identity -----------------------------------------------------------------------

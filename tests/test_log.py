@@ -137,8 +137,9 @@ def test_a_seq_other_than_head_plus_one_is_refused_by_the_trigger(
     with pytest.raises(sqlite3.DatabaseError, match="head \\+ 1"):
         conn.execute(
             "INSERT INTO deliveries (seq, received_at, environment, key_id, signed_as, headers,"
-            " body, event_key, flags) VALUES (?, 't', 'live', 'k', 'raw', '{}', x'00', 'e', '[]')",
-            (log.head(conn) + offset,),
+            " body, event_key, flags, row_hash)"
+            " VALUES (?, 't', 'live', 'k', 'raw', '{}', x'00', 'e', '[]', ?)",
+            (log.head(conn) + offset, "0" * 64),
         )
     assert log.head(conn) == 1
     assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 1
@@ -150,7 +151,9 @@ def test_a_direct_insert_at_head_plus_one_is_accepted(db_path: Path) -> None:
     log.append_batch(conn, [delivery_of(CREATED)])
     conn.execute(
         "INSERT INTO deliveries (seq, received_at, environment, key_id, signed_as, headers,"
-        " body, event_key, flags) VALUES (2, 't', 'live', 'k', 'raw', '{}', x'00', 'e', '[]')"
+        " body, event_key, flags, row_hash)"
+        " VALUES (2, 't', 'live', 'k', 'raw', '{}', x'00', 'e', '[]', ?)",
+        ("0" * 64,),
     )
     assert log.head(conn) == 2
 
@@ -255,3 +258,19 @@ def test_a_committed_batch_is_visible_to_another_connection(db_path: Path) -> No
     assert log.head(reader) == 10
     with pytest.raises(sqlite3.OperationalError):
         reader.execute("DELETE FROM deliveries")
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("refold/1.0", "refold/1.0"),
+        ("caf\u00e9", "caf\u00e9"),
+        ("\udcff\udcfe", "\\xff\\xfe"),  # bytes 0xff 0xfe as aiohttp hands them over
+        ("\ud800", "\\xed\\xa0\\x80"),  # a surrogate aiohttp never makes: its UTF-8 bytes
+    ],
+    ids=["ascii", "utf8", "undecodable_bytes", "other_surrogate"],
+)
+def test_header_text_is_always_encodable_utf8(value: str, text: str) -> None:
+    """Header values the log keeps can always be stored and sent back in a JSON answer."""
+    assert log.header_text(value) == text
+    text.encode("utf-8")

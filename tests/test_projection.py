@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import tempfile
 from collections import defaultdict
@@ -11,13 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from projector import log, projection
+from projector.config import Settings
 from projector.events import ConnectionChange
 from projector.fold import ConnectionHealth, fold_connection
 from projector.readmodels import CONNECTION_HEALTH, READ_MODELS, WORKFLOW_RUNS
+from projector.sender import environment_of
 from tests.storage_support import (
     append_all,
     catch_up,
@@ -28,7 +33,15 @@ from tests.storage_support import (
     read_models,
     sample_deliveries,
 )
-from tests.support import sample_bodies
+from tests.support import (
+    AUTH,
+    KEY_BY_ENVIRONMENT,
+    run_cli,
+    sample_bodies,
+    service_env,
+    signed,
+    wait_projected,
+)
 
 NAMES = sorted(model.name for model in READ_MODELS)
 BROKEN_SLUG = "brokenapp"
@@ -63,8 +76,9 @@ def test_prepare_reports_nothing_stale_after_a_rebuild(db_path: Path) -> None:
     """A rebuild records every projection at its current version."""
     conn = open_projected(db_path)
     assert projection.prepare(conn) == []
+    versions = {model.name: model.version for model in READ_MODELS}
     assert [(s.name, s.version, s.position, s.errors) for s in projection.statuses(conn)] == [
-        (name, 1, 0, 0) for name in NAMES
+        (name, versions[name], 0, 0) for name in NAMES
     ]
 
 
@@ -366,3 +380,35 @@ def test_any_arrival_order_with_repeats_folds_to_the_same_tables(data: st.DataOb
     order = data.draw(st.permutations([*BODIES, *repeats]), label="order")
     batch = data.draw(st.integers(min_value=1, max_value=16), label="batch")
     assert _fold_in_order(order, batch) == _in_original_order()
+
+
+async def test_a_fold_bug_shows_in_the_api_and_logs_and_a_rebuild_by_fixed_code_clears_it(
+    client: TestClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Served live: the bad event is counted and logged, the rest folded; `rebuild` then fixes."""
+    broken = replace(CONNECTION_HEALTH, fold=_fail_on_broken_slug)
+    monkeypatch.setattr(projection, "READ_MODELS", (broken, WORKFLOW_RUNS))
+    bodies = [*sample_bodies()[:20], BROKEN_BODY]
+    with capture_logs() as logged:
+        for body in bodies:
+            environment = environment_of(body, "test")
+            answer = await client.post(
+                "/webhooks/refold", data=body, headers=signed(body, KEY_BY_ENVIRONMENT[environment])
+            )
+            assert answer.status == 200
+        state = await wait_projected(client)
+    errors = {p["name"]: p["errors"] for p in state["projections"]}  # type: ignore[attr-defined]
+    assert errors == {"connection_health": 1, "workflow_runs": 0}
+    failures = [line for line in logged if line["event"] == "fold_failed"]
+    assert [(f["projection"], f["seq"]) for f in failures] == [("connection_health", 21)]
+    banner = "/v1/accounts/acct_broken/connections?environment=live"
+    before = await (await client.get(banner, headers=AUTH)).json()
+    assert BROKEN_SLUG not in [c["slug"] for c in before["connections"]]
+
+    # The fix ships: `projector rebuild` runs the real, working fold beside the live server.
+    done = await asyncio.to_thread(run_cli, "rebuild", env=service_env(settings.db))
+    assert done.returncode == 0, done.stderr
+    state = await (await client.get("/v1/projections", headers=AUTH)).json()
+    assert [p["errors"] for p in state["projections"]] == [0, 0]
+    after = await (await client.get(banner, headers=AUTH)).json()
+    assert BROKEN_SLUG in [c["slug"] for c in after["connections"]]

@@ -9,14 +9,18 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
-from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient
+from aiohttp import ClientResponse, StreamReader
+from aiohttp.test_utils import TestClient, make_mocked_request
 from multidict import CIMultiDict
+from structlog.testing import capture_logs
 
 from projector.app import build_app
 from projector.config import fingerprint, load_settings
+from projector.http import ApiError
+from projector.receiver import read_bounded_body
 from projector.signature import SIGNATURE_HEADER, sign_body
 from tests.support import (
     AUTH,
@@ -260,6 +264,38 @@ async def test_non_ascii_signature_header_is_a_plain_401(client: TestClient) -> 
     assert await log_head(client) == 0
 
 
+async def test_a_body_cut_off_by_a_hang_up_is_400_incomplete_body_not_an_unexpected_error() -> None:
+    """aiohttp's test server cancels the handler on a hang-up; `projector serve` does not, and
+    the body read then raises ConnectionResetError, as this request's payload does."""
+    payload = StreamReader(mock.Mock(_reading_paused=False), 2**16, loop=asyncio.get_running_loop())
+    payload.feed_data(BODY[:10])
+    payload.set_exception(ConnectionResetError("Connection lost"))
+    request = make_mocked_request("POST", WEBHOOK, payload=payload)
+    with capture_logs() as logged, pytest.raises(ApiError) as refused:
+        await read_bounded_body(request, SMALL_LIMIT)
+    assert (refused.value.status, refused.value.code) == (400, "incomplete_body")
+    assert [entry["event"] for entry in logged] == ["delivery_incomplete"]
+
+
+async def test_a_user_agent_byte_that_is_not_utf8_is_kept_visibly_and_readable_back(
+    client: TestClient,
+) -> None:
+    """aiohttp hands a \\xff header byte over as a lone surrogate: no JSON answer can hold it."""
+    head = (
+        f"POST {WEBHOOK} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(BODY)}\r\n"
+        f"{SIGNATURE_HEADER}: {sign_body(BODY, LIVE_KEY.encode())}\r\nConnection: close\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(head + b"User-Agent: Refold \xff\r\n\r\n" + BODY)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    assert raw.split(b"\r\n", 1)[0].split()[1] == b"200"
+    assert (await audit_event(client, 1))["headers"]["user-agent"] == "Refold \\xff"
+
+
 # --- refused bodies ---------------------------------------------------------------------
 
 
@@ -359,3 +395,34 @@ async def test_signed_but_unusable_body_is_stored_flagged_and_kept_out_of_read_m
         assert (await banner.json())["connections"] == []
         listed = await client.get(f"/v1/connections?environment={environment}", headers=AUTH)
         assert (await listed.json())["connections"] == []
+
+
+async def test_deliveries_beyond_max_pending_get_503_before_their_body_is_read(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """A slow body holds its slot: the next request is refused at once, body unread."""
+    settings = load_settings(
+        db=tmp_path / "p.sqlite3", signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN, max_pending=1
+    )
+    client: TestClient = await aiohttp_client(build_app(settings))
+    body = connection_body("acct_slow")
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield body[:10]
+        await release.wait()  # the first delivery is in progress until released
+        yield body[10:]
+
+    first = asyncio.create_task(
+        client.post("/webhooks/refold", data=slow_body(), headers=signed(body))
+    )
+    await asyncio.sleep(0.2)
+    second_body = connection_body("acct_refused")
+    refused = await client.post("/webhooks/refold", data=second_body, headers=signed(second_body))
+    assert refused.status == 503
+    assert refused.headers["Retry-After"] == "5"
+    assert (await refused.json())["error"]["code"] == "overloaded"
+    release.set()
+    assert (await first).status == 200
+    after = await client.post("/webhooks/refold", data=second_body, headers=signed(second_body))
+    assert after.status == 200  # the slot is free again once the first was answered

@@ -1,0 +1,224 @@
+"""The crash test: SIGKILL a loaded `projector serve` again and again, then audit the log.
+
+`make reliability` runs it at full length; tests/test_crash.py runs a short version.
+python -m tests.crash_loop [--kills N] [--seed S] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.crash_load import delivery
+from tests.storage_support import read_models
+from tests.support import REPO, Service, run_cli, wait_projected_http
+
+
+@dataclass
+class CrashFigures:
+    """What one run of the crash loop saw; `ok` is the verdict."""
+
+    acknowledged: int = 0
+    found: int = 0
+    stored_unacknowledged: int = 0
+    corrupt: int = 0
+    kills: int = 0
+    kills_during_rebuild: int = 0
+    kills_with_projection_behind: int = 0
+    attempted: int = 0
+    cut_off: int = 0
+    log_rows: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        return self.acknowledged - self.found
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.corrupt == 0 and not self.problems
+
+    def lines(self) -> list[str]:
+        return [
+            f"attempted {self.attempted}, cut off in flight by a kill {self.cut_off}, "
+            f"log rows {self.log_rows}, corrupt {self.corrupt}, "
+            f"kills during rebuild {self.kills_during_rebuild}, kills with projection behind "
+            f"{self.kills_with_projection_behind}",
+            *(f"PROBLEM: {problem}" for problem in self.problems),
+            f"acknowledged {self.acknowledged}, found {self.found}, lost {self.lost}, "
+            f"stored-but-unacknowledged {self.stored_unacknowledged}, kills {self.kills}",
+        ]
+
+
+def _read_only(db: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+
+
+def _projection_behind(db: Path) -> bool:
+    """After a kill: had the projector still deliveries to fold (was it mid-work)?"""
+    with _read_only(db) as conn:
+        head = conn.execute("SELECT coalesce(max(seq), 0) FROM deliveries").fetchone()[0]
+        lowest = conn.execute("SELECT min(position) FROM projections").fetchone()[0]
+    return bool(lowest is not None and lowest < head)
+
+
+def _rebuild_has_claimed(db: Path) -> bool:
+    with _read_only(db) as conn:
+        return conn.execute("SELECT count(*) FROM rebuild_claims").fetchone()[0] > 0
+
+
+def _kill_during_rebuild(service: Service, rng: random.Random) -> bool:
+    """Start `projector rebuild` beside the server; SIGKILL both mid-rebuild if we can."""
+    rebuild = subprocess.Popen(
+        [sys.executable, "-m", "projector.cli", "rebuild"],
+        env=service.env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while rebuild.poll() is None and time.monotonic() < deadline:
+        if _rebuild_has_claimed(service.db):
+            time.sleep(rng.uniform(0.0, 0.3))
+            break
+        time.sleep(0.01)
+    during = rebuild.poll() is None
+    rebuild.kill()
+    service.kill()
+    rebuild.wait(10)
+    return during
+
+
+def _audit_log(db: Path, acked: Counter[bytes], attempted: int, figures: CrashFigures) -> None:
+    """Compare the log with what was acknowledged and with what was ever sent."""
+    sent = {delivery(i)[1] for i in range(attempted)}
+    with _read_only(db) as conn:
+        bodies = [bytes(row[0]) for row in conn.execute("SELECT body FROM deliveries")]
+        seqs = conn.execute("SELECT count(*), min(seq), max(seq) FROM deliveries").fetchone()
+        triggers = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    logged = Counter(bodies)
+    figures.log_rows = len(bodies)
+    figures.found = sum(min(count, logged[body]) for body, count in acked.items())
+    figures.stored_unacknowledged = sum(max(0, n - acked[body]) for body, n in logged.items())
+    figures.corrupt = sum(n for body, n in logged.items() if body not in sent)
+    if seqs[0] and (seqs[1], seqs[2]) != (1, seqs[0]):
+        figures.problems.append(f"seq is not 1..{seqs[0]} without gaps: {seqs}")
+    missing = {"deliveries_no_update", "deliveries_no_delete"} - triggers
+    if missing:
+        figures.problems.append(f"append-only triggers missing: {sorted(missing)}")
+
+
+def _check_append_only(db: Path, figures: CrashFigures) -> None:
+    """The triggers still refuse UPDATE and DELETE on the log."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        for statement in ("UPDATE deliveries SET body = x'00'", "DELETE FROM deliveries"):
+            try:
+                conn.execute(statement)
+                figures.problems.append(f"the log accepted: {statement}")
+            except sqlite3.DatabaseError as exc:
+                if "append-only" not in str(exc):
+                    figures.problems.append(f"{statement} failed oddly: {exc}")
+    finally:
+        conn.close()
+
+
+def _check_against_rebuild(service: Service, figures: CrashFigures) -> None:
+    """The read models the live projector left equal a rebuild from the log."""
+    with _read_only(service.db) as conn:
+        live = read_models(conn)
+        errors = conn.execute("SELECT count(*) FROM projection_errors").fetchone()[0]
+    if errors:
+        figures.problems.append(f"{errors} projection errors recorded")
+    rebuilt = run_cli("rebuild", env=service.env)
+    if rebuilt.returncode != 0:
+        figures.problems.append(f"projector rebuild failed: {rebuilt.stderr}")
+    with _read_only(service.db) as conn:
+        if read_models(conn) != live:
+            figures.problems.append("the live read models differ from a rebuild from the log")
+    verified = run_cli("verify", env=service.env)
+    if verified.returncode != 0:
+        figures.problems.append(f"projector verify failed:\n{verified.stdout}{verified.stderr}")
+
+
+def run_crash_loop(
+    workdir: Path, kills: int, seed: int, say: Callable[[str], None] = print
+) -> CrashFigures:
+    """Load, kill -9 `kills` times (every third kill during a rebuild), restart, audit."""
+    rng = random.Random(seed)
+    figures = CrashFigures()
+    service = Service(workdir / "crash.sqlite3").start()
+    acks = workdir / "acks.txt"
+    url = f"{service.url}/webhooks/refold"
+    load = subprocess.Popen(
+        [sys.executable, "-m", "tests.crash_load", url, str(acks), "--max-seconds", "600"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for number in range(1, kills + 1):
+            time.sleep(rng.uniform(0.3, 1.5))  # ingest and projection run meanwhile
+            if number % 3 == 2 or (number == kills and not figures.kills_during_rebuild):
+                during = _kill_during_rebuild(service, rng)
+                figures.kills_during_rebuild += during
+                moment = "during a rebuild" if during else "after a rebuild finished"
+            else:
+                service.kill()
+                moment = "under load"
+            figures.kills += 1
+            behind = _projection_behind(service.db)
+            figures.kills_with_projection_behind += behind
+            say(f"kill {number}: SIGKILL {moment}; projection behind the head: {behind}")
+            service.start()
+        time.sleep(0.5)
+    finally:
+        load.terminate()
+        output, _ = load.communicate(timeout=60)
+    summary = json.loads(output.strip().splitlines()[-1])
+    say(f"load: {summary}")
+    figures.attempted = summary["attempted"]
+    # Sent, then the connection died: these were queued or being committed at the kill.
+    figures.cut_off = sum(
+        summary["outcomes"].get(name, 0) for name in ("ServerDisconnectedError", "ClientOSError")
+    )
+    wait_projected_http(service.url, timeout=60)
+    if (code := service.stop()) != 0:
+        figures.problems.append(f"projector serve exited {code} on SIGTERM")
+    acked = Counter(delivery(int(line))[1] for line in acks.read_text().split())
+    figures.acknowledged = sum(acked.values())
+    _audit_log(service.db, acked, figures.attempted, figures)
+    _check_append_only(service.db, figures)
+    _check_against_rebuild(service, figures)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--kills", type=int, default=8, help="SIGKILLs per run (default 8)")
+    parser.add_argument("--seed", type=int, help="for the kill moments; printed, to re-run one")
+    parser.add_argument("--workdir", type=Path, help="keep the database and logs here")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    print(f"crash loop: {args.kills} kills, seed {seed}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="crash-loop-") as scratch:
+        workdir = args.workdir or Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        figures = run_crash_loop(workdir, args.kills, seed, lambda line: print(line, flush=True))
+    for line in figures.lines():
+        print(line)
+    return 0 if figures.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

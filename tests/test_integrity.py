@@ -1,0 +1,228 @@
+"""The hash chain: row hashes, walking the log, the version 1 to 2 migration, `verify`."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from projector import integrity, log
+from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash, verify_chain
+from projector.sender import environment_of
+from tests.storage_support import append_all, open_log, sample_deliveries
+from tests.support import AUTH, KEY_BY_ENVIRONMENT, run_cli, sample_bodies, service_env, signed
+
+ROW = (7, "2026-07-01T12:00:00Z", "live", "k", "raw", "{}", b"{}", None, None, "a", "s", None,
+       "e", "[]", None)  # fmt: skip
+
+
+def logged(path: Path, count: int = 40) -> sqlite3.Connection:
+    """A migrated log on disk holding the first `count` sample deliveries."""
+    conn = open_log(path)
+    append_all(conn, sample_deliveries()[:count])
+    return conn
+
+
+def tamper(conn: sqlite3.Connection, sql: str, *params: object) -> None:
+    """What an attacker with file access does: drop the guard triggers, then edit rows."""
+    conn.execute("DROP TRIGGER IF EXISTS deliveries_no_update")
+    conn.execute("DROP TRIGGER IF EXISTS deliveries_no_delete")
+    conn.execute(sql, params)
+
+
+def test_row_hash_is_deterministic_and_hex_sha256() -> None:
+    """The same row after the same hash gives the same 64-hex-digit digest."""
+    first = row_hash(GENESIS_HASH, ROW)
+    assert first == row_hash(GENESIS_HASH, ROW)
+    assert len(first) == 64
+    int(first, 16)
+
+
+@pytest.mark.parametrize("column", range(len(HASHED_COLUMNS)), ids=HASHED_COLUMNS)
+def test_changing_any_column_changes_the_row_hash(column: int) -> None:
+    """Every column is covered: a change anywhere gives another hash."""
+    changed = list(ROW)
+    changed[column] = {None: "x", b"{}": b"{ }"}.get(ROW[column])  # type: ignore[call-overload]
+    assert row_hash(GENESIS_HASH, changed) != row_hash(GENESIS_HASH, ROW)
+
+
+def test_the_previous_hash_is_part_of_the_row_hash() -> None:
+    """Chaining: the same row after another predecessor hashes differently."""
+    assert row_hash(GENESIS_HASH, ROW) != row_hash("1" * 64, ROW)
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        (("ab", "c"), ("a", "bc")),
+        ((None,), ("",)),
+        (("1",), (1,)),
+        ((b"x",), ("x",)),
+    ],
+    ids=["field_boundaries", "null_vs_empty", "text_vs_integer", "bytes_vs_text"],
+)
+def test_values_that_concatenate_alike_hash_differently(
+    left: tuple[integrity.Value, ...], right: tuple[integrity.Value, ...]
+) -> None:
+    """Fields are typed and length-prefixed, so shifting bytes between them is detected."""
+    assert row_hash(GENESIS_HASH, left) != row_hash(GENESIS_HASH, right)
+
+
+def test_an_empty_log_is_intact_with_the_genesis_hash(db_path: Path) -> None:
+    """Nothing logged: intact, head 0, the all-zero genesis hash."""
+    report = verify_chain(open_log(db_path))
+    assert (report.intact, report.rows, report.head_seq) == (True, 0, 0)
+    assert report.head_hash == GENESIS_HASH
+
+
+def test_appended_rows_form_an_intact_chain_ending_at_the_stored_head_hash(
+    db_path: Path,
+) -> None:
+    """append_batch chains every row, across batches and within one batch."""
+    conn = logged(db_path, 30)
+    log.append_batch(conn, sample_deliveries()[30:50])
+    report = verify_chain(conn, chunk=7)
+    assert report.intact, report.problem
+    assert (report.rows, report.head_seq) == (50, 50)
+    assert integrity.head_hash(conn) == (50, report.head_hash)
+
+
+def test_an_altered_body_is_reported_at_its_seq(db_path: Path) -> None:
+    """Changing one byte of one body breaks the chain exactly there."""
+    conn = logged(db_path)
+    tamper(conn, "UPDATE deliveries SET body = body || x'20' WHERE seq = 17")
+    report = verify_chain(conn)
+    assert (report.intact, report.broken_at, report.head_seq) == (False, 17, 16)
+    assert report.problem is not None
+    assert "altered" in report.problem
+
+
+def test_a_row_rehashed_after_editing_breaks_the_chain_at_the_next_row(db_path: Path) -> None:
+    """Recomputing the edited row's own hash does not help: its successor no longer matches."""
+    conn = logged(db_path)
+    tamper(conn, "UPDATE deliveries SET slug = 'edited' WHERE seq = 9")
+    columns = ", ".join(HASHED_COLUMNS)
+    previous = conn.execute("SELECT row_hash FROM deliveries WHERE seq = 8").fetchone()[0]
+    row = conn.execute(f"SELECT {columns} FROM deliveries WHERE seq = 9").fetchone()
+    conn.execute("UPDATE deliveries SET row_hash = ? WHERE seq = 9", (row_hash(previous, row),))
+    assert verify_chain(conn).broken_at == 10
+
+
+def test_a_deleted_row_is_reported_as_a_missing_seq(db_path: Path) -> None:
+    """A gap in seq is named: the first missing seq and what came instead."""
+    conn = logged(db_path)
+    tamper(conn, "DELETE FROM deliveries WHERE seq = 5")
+    report = verify_chain(conn)
+    assert (report.broken_at, report.head_seq) == (5, 4)
+    assert report.problem == "seq 5 is missing: the next row has seq 6"
+
+
+def test_a_deleted_head_row_is_not_detectable_by_the_chain_alone(db_path: Path) -> None:
+    """Truncation at the head leaves a valid shorter chain: why operators record the head hash."""
+    conn = logged(db_path)
+    recorded = integrity.head_hash(conn)
+    tamper(conn, "DELETE FROM deliveries WHERE seq = 40")
+    report = verify_chain(conn)
+    assert report.intact
+    assert (report.head_seq, report.head_hash) != recorded
+
+
+def test_an_insert_without_a_row_hash_is_refused_by_the_trigger(db_path: Path) -> None:
+    """A writer that forgets the chain cannot append."""
+    conn = logged(db_path, 1)
+    with pytest.raises(sqlite3.DatabaseError, match="row_hash"):
+        conn.execute(
+            "INSERT INTO deliveries (seq, received_at, environment, key_id, signed_as, headers,"
+            " body, event_key, flags) VALUES (2, 't', 'live', 'k', 'raw', '{}', x'00', 'e', '[]')"
+        )
+
+
+def version_1_log(path: Path, count: int) -> list[tuple[object, ...]]:
+    """A log as refold-projector 0.1 (schema version 1, no hashes) left it; returns its rows."""
+    conn = log.connect(path)
+    with log.transaction(conn):
+        log.MIGRATIONS[0](conn)
+        conn.execute("PRAGMA user_version = 1")
+    columns = ", ".join(HASHED_COLUMNS)
+    source = logged(path.with_name("source.sqlite3"), count)
+    rows = source.execute(f"SELECT {columns} FROM deliveries ORDER BY seq").fetchall()
+    conn.executemany(f"INSERT INTO deliveries ({columns}) VALUES ({', '.join('?' * 15)})", rows)
+    conn.close()
+    return rows
+
+
+def test_migrating_a_version_1_log_hashes_every_row_and_changes_nothing_else(
+    db_path: Path,
+) -> None:
+    """The upgrade adds an intact chain over the old rows; their content stays byte-identical."""
+    rows = version_1_log(db_path, 60)
+    conn = log.connect(db_path)
+    assert log.migrate(conn) == log.LOG_SCHEMA_VERSION == 2
+    columns = ", ".join(HASHED_COLUMNS)
+    assert conn.execute(f"SELECT {columns} FROM deliveries ORDER BY seq").fetchall() == rows
+    assert verify_chain(conn).intact
+    log.append_batch(conn, sample_deliveries()[60:65])
+    assert verify_chain(conn).head_seq == 65
+    assert verify_chain(conn).intact
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("UPDATE deliveries SET body = x'00' WHERE seq = 1")
+
+
+def test_verify_on_an_intact_log_exits_0_and_prints_the_head_hash(db_path: Path) -> None:
+    """`projector verify` says the log is intact and which hash its head has."""
+    conn = logged(db_path)
+    seq, head = integrity.head_hash(conn)
+    conn.close()
+    done = run_cli("verify", env=service_env(db_path))
+    assert done.returncode == 0, done.stderr
+    assert "chain: 40 rows, seq 1..40 without gaps, hashes match" in done.stdout
+    assert f"head: seq {seq}, hash {head}" in done.stdout
+    assert done.stdout.rstrip().endswith("log intact")
+
+
+def test_verify_on_a_tampered_log_exits_1_naming_the_first_broken_row(db_path: Path) -> None:
+    """The first row that breaks the chain is named, with where the log is still intact."""
+    conn = logged(db_path)
+    tamper(conn, "UPDATE deliveries SET body = x'7b7d' WHERE seq = 23")
+    conn.close()
+    done = run_cli("verify", env=service_env(db_path))
+    assert done.returncode == 1
+    assert "chain: broken at seq 23:" in done.stdout
+    assert "intact up to seq 22" in done.stdout
+    assert "log NOT intact" in done.stdout
+
+
+def test_verify_on_a_version_1_log_exits_2_and_says_how_to_upgrade(db_path: Path) -> None:
+    """verify never writes, so an old log is not upgraded behind the operator's back."""
+    version_1_log(db_path, 3)
+    done = run_cli("verify", env=service_env(db_path))
+    assert done.returncode == 2
+    assert "start `projector serve`" in done.stderr
+
+
+def test_verify_on_a_missing_database_exits_2(tmp_path: Path) -> None:
+    """No file: a configuration error naming PROJECTOR_DB, not a new empty database."""
+    missing = tmp_path / "absent.sqlite3"
+    done = run_cli("verify", env=service_env(missing))
+    assert done.returncode == 2
+    assert "PROJECTOR_DB" in done.stderr
+    assert not missing.exists()
+
+
+async def test_projections_answer_shows_the_head_hash_verify_computes(
+    client: TestClient, db_path: Path
+) -> None:
+    """Operators can record the head hash from the API and check it later with `verify`."""
+    empty = await (await client.get("/v1/projections", headers=AUTH)).json()
+    assert (empty["log_head"], empty["log_head_hash"]) == (0, GENESIS_HASH)
+    for body in sample_bodies()[:5]:
+        environment = environment_of(body, "test")
+        answer = await client.post(
+            "/webhooks/refold", data=body, headers=signed(body, KEY_BY_ENVIRONMENT[environment])
+        )
+        assert answer.status == 200
+    state = await (await client.get("/v1/projections", headers=AUTH)).json()
+    report = verify_chain(log.connect(db_path, readonly=True))
+    assert (state["log_head"], state["log_head_hash"]) == (5, report.head_hash)
