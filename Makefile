@@ -9,7 +9,7 @@ export PROJECTOR_SIGNING_KEYS ?= test:tk_demo_key,live:pk_demo_key
 export PROJECTOR_READ_TOKENS ?= demo-read-token
 export PROJECTOR_DB ?= data/projector.sqlite3
 
-.PHONY: run test lint typecheck pytest reliability schemas clean
+.PHONY: run test lint typecheck pytest reliability bench schemas clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ reliability: $(STAMP)
 	HYPOTHESIS_PROFILE=reliability $(BIN)/pytest -q -p no:cacheprovider \
 		tests/test_hostile.py tests/test_fuzz.py tests/test_machine_faults.py tests/test_crash.py \
 		--hypothesis-show-statistics
+
+# The service against its baselines (BENCHMARKS.md); needs wrk (Debian: apt-get install wrk).
+# The first run builds 250k- and 1M-delivery logs under bench-results/ (a few minutes).
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench.run
 
 schemas: $(STAMP)
 	$(BIN)/projector schemas

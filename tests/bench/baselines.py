@@ -1,0 +1,106 @@
+"""The benchmark's baselines, each a server process like `projector serve`.
+
+bare:  aiohttp, POST reads the body and answers 200, GET answers a small JSON.
+naive: what most users write first: verify, one aiosqlite INSERT + COMMIT per request.
+python -m tests.bench.baselines bare|naive --port P [--db FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiosqlite
+from aiohttp import web
+
+from projector.cli import run_event_loop
+from projector.config import SigningKey, load_settings
+from projector.signature import SIGNATURE_HEADER, verify_signature
+from tests.support import READ_TOKEN, SIGNING_KEYS
+
+OK = b'{"ok":true}'
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def bare_app() -> web.Application:
+    async def post(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=OK, content_type="application/json")
+
+    async def get(request: web.Request) -> web.Response:
+        return web.Response(body=OK, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/webhooks/refold", post)
+    app.router.add_get("/{tail:.*}", get)
+    return app
+
+
+def naive_app(db: Path, keys: tuple[SigningKey, ...]) -> web.Application:
+    app = web.Application()
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        conn = await aiosqlite.connect(db)
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=FULL")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS deliveries (seq INTEGER PRIMARY KEY, environment TEXT,"
+            " body BLOB)"
+        )
+        await conn.commit()
+        app["conn"] = conn
+        yield
+        await conn.close()
+
+    async def post(request: web.Request) -> web.Response:
+        body = await request.read()
+        claimed = [v.encode() for v in request.headers.getall(SIGNATURE_HEADER, [])]
+        match = verify_signature(body, claimed, keys)
+        if match is None:
+            return web.Response(status=401)
+        conn: aiosqlite.Connection = request.app["conn"]
+        await conn.execute(
+            "INSERT INTO deliveries (environment, body) VALUES (?, ?)",
+            (match.key.environment, body),
+        )
+        await conn.commit()
+        return web.Response(body=OK, content_type="application/json")
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/webhooks/refold", post)
+    return app
+
+
+async def serve(app: web.Application, port: int) -> None:
+    """Serve like `projector serve` does: one process, one loop, until SIGTERM."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("listening", flush=True)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("kind", choices=("bare", "naive"))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--db", type=Path)
+    args = parser.parse_args(argv)
+    if args.kind == "bare":
+        app = bare_app()
+    else:
+        keys = load_settings(signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN).signing_keys
+        app = naive_app(args.db, keys)
+    run_event_loop(serve(app, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
