@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from projector import answers, queries
+from projector.answercache import AnswerCache, CachedAnswer
 from projector.config import normalise_environment
 from projector.http import ApiError, Handler, error_response, json_answer
 
@@ -248,24 +249,57 @@ def bearer_auth(tokens: tuple[bytes, ...]) -> Middleware:
     return middleware
 
 
-@web.middleware
-async def etag(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tag every successful read with a hash of its body; honour If-None-Match with a 304."""
-    response = await handler(request)
-    if request.method != "GET" or response.status != 200 or not isinstance(response, web.Response):
-        return response
-    body = response.body
-    if not isinstance(body, bytes):
-        return response
-    tag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    response.headers["ETag"] = tag
-    response.headers["Cache-Control"] = "private, no-cache"
+# Answers that depend on the read models only; the log's (/v1/events) and the projectors'
+# own state (/v1/projections) change with every delivery and are always read.
+CACHED_PREFIXES = ("/v1/accounts/", "/v1/connections", "/v1/workflow-runs")
+CACHE_CONTROL = {"Cache-Control": "private, no-cache"}
+
+
+def _matches(request: web.Request, tag: str) -> bool:
     offered = {
         t.strip().removeprefix("W/") for t in request.headers.get("If-None-Match", "").split(",")
     }
-    if tag in offered or "*" in offered:
-        return web.Response(status=304, headers={"ETag": tag, "Cache-Control": "private, no-cache"})
-    return response
+    return tag in offered or "*" in offered
+
+
+def _from_cache(request: web.Request, answer: CachedAnswer) -> web.Response:
+    if _matches(request, answer.etag):
+        return web.Response(status=304, headers={"ETag": answer.etag, **CACHE_CONTROL})
+    return web.Response(
+        body=answer.body,
+        content_type="application/json",
+        headers={"ETag": answer.etag, **CACHE_CONTROL},
+    )
+
+
+def etag(cache: AnswerCache) -> Middleware:
+    """Tag every successful read with a hash of its body; honour If-None-Match with a 304.
+
+    Read-model answers are kept in `cache` until the read models change: a repeated read,
+    conditional (If-None-Match) or not, then costs no database read at all.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        cacheable = request.method == "GET" and request.path.startswith(CACHED_PREFIXES)
+        if cacheable and (kept := cache.get(request.path_qs)) is not None:
+            return _from_cache(request, kept)
+        version = cache.version  # before the read: an answer read across a change is not kept
+        response = await handler(request)
+        if request.method != "GET" or response.status != 200:
+            return response
+        if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+            return response
+        tag = '"' + hashlib.sha256(response.body).hexdigest()[:32] + '"'
+        if cacheable:
+            cache.put(request.path_qs, CachedAnswer(version, tag, response.body))
+        if _matches(request, tag):
+            return web.Response(status=304, headers={"ETag": tag, **CACHE_CONTROL})
+        response.headers["ETag"] = tag
+        response.headers.update(CACHE_CONTROL)
+        return response
+
+    return middleware
 
 
 @web.middleware

@@ -116,7 +116,7 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=True)
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     seed = None if args.seed is None else _read_bodies(args.seed)
     run_event_loop(_serve(settings, seed))
     return 0
@@ -127,7 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     if not settings.db.exists():
         raise ConfigError(f"PROJECTOR_DB: no database at {settings.db}; start the service first")
     conn = log.connect(settings.db)
@@ -200,7 +200,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 def cmd_send(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=True)
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     bodies = _read_bodies(Path(args.file))
     report = asyncio.run(
         send_bodies(args.url, bodies, settings.signing_keys, args.environment, args.concurrency)
@@ -242,7 +242,7 @@ async def _print_events(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     if not settings.db.exists():
         raise ConfigError(f"PROJECTOR_DB: no database at {settings.db}")
     asyncio.run(_print_events(settings, args))

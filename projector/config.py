@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     # 503. Bodies in progress take at most about max_pending x max_body_bytes of memory.
     max_pending: int = Field(default=256, ge=1)
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
 
     @field_validator("signing_keys", mode="before")
     @classmethod

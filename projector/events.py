@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -32,8 +33,30 @@ Kind = Literal["connection", "workflow"]
 MAX_DEPTH = 100
 
 
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+# Refold's own shape, read directly: email.utils takes ~10x as long. Four-digit years from
+# 1000 only, because email.utils reads years below 100 as 19xx or 20xx.
+_REFOLD_DATE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+    r" ([1-9]\d{3}) (\d\d):(\d\d):(\d\d) GMT"
+)
+
+
 def parse_instant(value: str) -> datetime:
     """Parse Refold's RFC 1123 `createdAt` (or ISO 8601) into an aware UTC datetime."""
+    refold = _REFOLD_DATE.fullmatch(value)
+    if refold is not None:
+        day, month, year, hour, minute, second = refold.groups()
+        return datetime(
+            int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second), tzinfo=UTC
+        )
+    if value.endswith("Z") and value[4:5] == "-":  # as format_instant writes them
+        return datetime.fromisoformat(value).astimezone(UTC)
     text = value.strip()
     try:
         parsed = parsedate_to_datetime(text)
@@ -50,6 +73,8 @@ def parse_instant(value: str) -> datetime:
 def format_instant(moment: datetime) -> str:
     """ISO 8601 in UTC with a `Z`: seconds, or microseconds when there are any."""
     spec = "microseconds" if moment.microsecond else "seconds"
+    if moment.tzinfo is UTC:  # every instant parse_instant makes: skip the conversions
+        return moment.isoformat(timespec=spec)[:-6] + "Z"
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec=spec) + "Z"
 
 
@@ -178,10 +203,17 @@ def load_json_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
         )
         # A lone surrogate (\ud800) is JSON syntax but not Unicode text: it could be neither
         # hashed, stored as text nor sent back in an answer, so such a body is not JSON to us.
-        _canonical(parsed).encode()
+        # Only a \u escape or raw surrogate bytes (0xED 0xA0.., which json.loads decodes with
+        # surrogatepass) can make one; a NUL byte means UTF-16 or UTF-32, whose bytes for
+        # either differ. Other bodies, nearly all, skip the check.
+        if b"\\u" in body or b"\xed" in body or b"\x00" in body:
+            _canonical(parsed).encode()
     except (ValueError, RecursionError):  # UnicodeError is a ValueError; so is a 5000-digit int
         return None, "not_json"
-    if _nests_deeper_than(parsed, MAX_DEPTH):  # as unusable as 5000 nested `[`, see MAX_DEPTH
+    # Nesting can be no deeper than the number of brackets: counting them (in C) spares the
+    # walk for every ordinary payload.
+    openers = body.count(b"[") + body.count(b"{")
+    if openers > MAX_DEPTH and _nests_deeper_than(parsed, MAX_DEPTH):  # see MAX_DEPTH
         return None, "not_json"
     if not isinstance(parsed, dict):
         return None, "not_an_object"
@@ -192,24 +224,33 @@ def load_json_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
 
 def parse_delivery(body: bytes, environment: str) -> ParsedDelivery:
     """Read a verified body for `environment` (the key's); never raises on bad input."""
+    return _parse(body, environment, identify=True)
+
+
+def parse_change(body: bytes, environment: str) -> ConnectionChange | WorkflowOutcome | None:
+    """Just what the projectors fold: `parse_delivery(...).change`, without the identity work."""
+    return _parse(body, environment, identify=False).change
+
+
+def _parse(body: bytes, environment: str, *, identify: bool) -> ParsedDelivery:
     payload, flag = load_json_object(body)
     if payload is None:
-        key = _raw_identity(body, environment)
+        key = _raw_identity(body, environment) if identify else ""
         return ParsedDelivery(None, None, None, None, None, key, (str(flag),), None)
     event = payload.get("event")
     event_name = event if isinstance(event, str) else None
     if flag is not None:
         # Searchable as Python reads it, but identified by its bytes: two bodies that differ
         # only in a repeated key's other value must not be taken for one event.
-        flagged = _flagged(payload, environment, event_name, None, [flag])
-        return replace(flagged, event_key=_raw_identity(body, environment))
+        flagged = _flagged(payload, environment, event_name, None, [flag], identify=False)
+        return replace(flagged, event_key=_raw_identity(body, environment) if identify else "")
     flags = _environment_flags(payload, environment)
     if event_name in CONNECTION_STATUS_BY_EVENT:
-        return _connection(payload, environment, event_name, flags)
+        return _connection(payload, environment, event_name, flags, identify)
     if event_name in WORKFLOW_STATUS_BY_EVENT:
-        return _workflow(payload, environment, event_name, flags)
+        return _workflow(payload, environment, event_name, flags, identify)
     flags.append("missing_field:event" if event is None else "unknown_event")
-    return _flagged(payload, environment, event_name, None, flags)
+    return _flagged(payload, environment, event_name, None, flags, identify)
 
 
 def _flagged(
@@ -218,6 +259,7 @@ def _flagged(
     event: str | None,
     kind: Kind | None,
     flags: list[str],
+    identify: bool,
 ) -> ParsedDelivery:
     """A delivery the projectors skip, with whatever searchable fields it does have."""
     return ParsedDelivery(
@@ -226,7 +268,7 @@ def _flagged(
         _text(payload.get("linked_account_id")),
         _text(payload.get("slug")),
         _text(payload.get("instance_id")),
-        _identity("other", environment, _canonical(payload)),
+        _identity("other", environment, _canonical(payload)) if identify else "",
         tuple(flags),
         None,
     )
@@ -258,69 +300,97 @@ def _field_flags(error: ValidationError) -> list[str]:
     return sorted(set(flags))
 
 
-def _connection(
-    payload: dict[str, Any], environment: str, event: str, flags: list[str]
-) -> ParsedDelivery:
-    try:
-        model = ConnectionEventPayload.model_validate(payload)
-    except ValidationError as error:
-        flags.extend(_field_flags(error))
-        return _flagged(payload, environment, event, "connection", flags)
-    occurred_at = parse_instant(model.createdAt)
-    key = _identity(
-        "connection",
+def _plain(payload: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...]) -> bool:
+    """Whether every field has its documented type already, so validation would change none.
+
+    The common case, checked in a few lookups; anything else goes through the pydantic model,
+    which coerces numbers and names each bad field.
+    """
+    for name in required:
+        value = payload.get(name)
+        if not isinstance(value, str) or not value:
+            return False
+    return all(isinstance(payload.get(name), str | None) for name in optional)
+
+
+_CONNECTION_REQUIRED = ("linked_account_id", "slug", "createdAt")
+_CONNECTION_OPTIONAL = ("type",)
+_WORKFLOW_REQUIRED = ("linked_account_id", "instance_id")
+_WORKFLOW_OPTIONAL = ("workflow_id", "config_id", "workflow_name", "status")
+
+
+def _connection_change(payload: dict[str, Any], environment: str, event: str) -> ConnectionChange:
+    """The change a connection payload states; raises ValidationError naming bad fields."""
+    status = CONNECTION_STATUS_BY_EVENT[event]
+    if _plain(payload, _CONNECTION_REQUIRED, _CONNECTION_OPTIONAL):
+        try:
+            occurred_at = parse_instant(payload["createdAt"])
+        except ValueError:
+            pass  # the model below names the field
+        else:
+            account, slug, type_ = (
+                payload["linked_account_id"],
+                payload["slug"],
+                payload.get("type"),
+            )
+            return ConnectionChange(environment, account, slug, status, occurred_at, type_)
+    model = ConnectionEventPayload.model_validate(payload)
+    return ConnectionChange(
         environment,
         model.linked_account_id,
         model.slug,
-        event,
-        format_instant(occurred_at),
-    )
-    change = ConnectionChange(
-        environment,
-        model.linked_account_id,
-        model.slug,
-        CONNECTION_STATUS_BY_EVENT[event],
-        occurred_at,
+        status,
+        parse_instant(model.createdAt),
         model.type,
     )
-    return ParsedDelivery(
-        event,
-        "connection",
-        model.linked_account_id,
-        model.slug,
-        None,
-        key,
-        tuple(flags),
-        None if flags else change,
+
+
+def _workflow_outcome(payload: dict[str, Any], environment: str, event: str) -> WorkflowOutcome:
+    """The outcome a workflow payload states; raises ValidationError naming bad fields."""
+    fields = payload
+    if not _plain(payload, _WORKFLOW_REQUIRED, _WORKFLOW_OPTIONAL):
+        fields = WorkflowEventPayload.model_validate(payload).model_dump()
+    status = fields.get("status") or WORKFLOW_STATUS_BY_EVENT[event]
+    return WorkflowOutcome(
+        environment,
+        fields["instance_id"],
+        fields["linked_account_id"],
+        status.upper(),
+        fields.get("workflow_id"),
+        fields.get("workflow_name"),
+        fields.get("config_id"),
     )
+
+
+def _connection(
+    payload: dict[str, Any], environment: str, event: str, flags: list[str], identify: bool
+) -> ParsedDelivery:
+    try:
+        change = _connection_change(payload, environment, event)
+    except ValidationError as error:
+        flags.extend(_field_flags(error))
+        return _flagged(payload, environment, event, "connection", flags, identify)
+    account, slug = change.linked_account_id, change.slug
+    key = ""
+    if identify:
+        moment = format_instant(change.occurred_at)
+        key = _identity("connection", environment, account, slug, event, moment)
+    kept = None if flags else change
+    return ParsedDelivery(event, "connection", account, slug, None, key, tuple(flags), kept)
 
 
 def _workflow(
-    payload: dict[str, Any], environment: str, event: str, flags: list[str]
+    payload: dict[str, Any], environment: str, event: str, flags: list[str], identify: bool
 ) -> ParsedDelivery:
     try:
-        model = WorkflowEventPayload.model_validate(payload)
+        outcome = _workflow_outcome(payload, environment, event)
     except ValidationError as error:
         flags.extend(_field_flags(error))
-        return _flagged(payload, environment, event, "workflow", flags)
-    # A retry repeats the payload exactly; a second genuine failure differs somewhere in it.
-    key = _identity("workflow", environment, model.instance_id, event, _canonical(payload))
-    outcome = WorkflowOutcome(
-        environment,
-        model.instance_id,
-        model.linked_account_id,
-        (model.status or WORKFLOW_STATUS_BY_EVENT[event]).upper(),
-        model.workflow_id,
-        model.workflow_name,
-        model.config_id,
-    )
-    return ParsedDelivery(
-        event,
-        "workflow",
-        model.linked_account_id,
-        None,
-        model.instance_id,
-        key,
-        tuple(flags),
-        None if flags else outcome,
-    )
+        return _flagged(payload, environment, event, "workflow", flags, identify)
+    account, instance = outcome.linked_account_id, outcome.instance_id
+    key = ""
+    if identify:
+        # A retry repeats the payload exactly; a second genuine failure differs somewhere in it.
+        key = _identity("workflow", environment, instance, event, _canonical(payload))
+    kept = None if flags else outcome
+    return ParsedDelivery(event, "workflow", account, None, instance, key, tuple(flags), kept)

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from projector.events import ParsedDelivery
+from projector.events import ConnectionChange, ParsedDelivery, WorkflowOutcome
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, head_hash, row_hash
 
 LOG_SCHEMA_VERSION = 2
+Change = ConnectionChange | WorkflowOutcome
 
 _CREATE_LOG = """
     CREATE TABLE deliveries (
@@ -109,6 +110,9 @@ class NewDelivery:
     instance_id: str | None
     event_key: str
     flags: tuple[str, ...]
+    # Not stored: what the projectors will fold, handed on so the live projector need not
+    # parse the body again (a rebuild parses it, with the same function).
+    change: Change | None = None
 
     @classmethod
     def verified(
@@ -137,6 +141,7 @@ class NewDelivery:
             parsed.instance_id,
             parsed.event_key,
             parsed.flags,
+            parsed.change,
         )
 
 
@@ -146,6 +151,14 @@ class Appended:
 
     seq: int
     duplicate_of: int | None
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What the projectors need of a delivery this process just appended."""
+
+    duplicate_of: int | None
+    change: Change | None
 
 
 @dataclass(frozen=True)
@@ -245,10 +258,36 @@ def head(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
-_INSERT_DELIVERY = (
-    f"INSERT INTO deliveries ({', '.join(HASHED_COLUMNS)}, row_hash)"
-    f" VALUES ({', '.join('?' * (len(HASHED_COLUMNS) + 1))})"
-)
+_INSERT_DELIVERY = f"INSERT INTO deliveries ({', '.join(HASHED_COLUMNS)}, row_hash)"
+
+
+def insert_many(conn: sqlite3.Connection, insert: str, rows: Sequence[Sequence[Any]]) -> None:
+    """Run `insert` (all but its VALUES) for `rows`, up to 500 rows per statement.
+
+    executemany steps once per row and gives up the GIL at every step; while the event loop
+    is busy, each step then waits to win it back. One statement per 500 rows waits once.
+    """
+    for start in range(0, len(rows), 500):
+        part = rows[start : start + 500]
+        row = "(" + ", ".join("?" * len(part[0])) + ")"
+        conn.execute(
+            f"{insert} VALUES {', '.join([row] * len(part))}", [v for r in part for v in r]
+        )
+
+
+def _first_seqs(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
+    """The first seq logged under each of `keys` that has one."""
+    found: dict[str, int] = {}
+    for start in range(0, len(keys), 10_000):  # SQLite binds at most 32,766 values
+        part = keys[start : start + 10_000]
+        found.update(
+            conn.execute(
+                "SELECT event_key, min(seq) FROM deliveries"
+                f" WHERE event_key IN ({', '.join('?' * len(part))}) GROUP BY event_key",
+                part,
+            ).fetchall()
+        )
+    return found
 
 
 def append_batch(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[Appended]:
@@ -258,14 +297,15 @@ def append_batch(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list
     # fsynced: one fsync for the whole batch is what makes group commit pay.
     with transaction(conn):
         seq, previous = head_hash(conn)
+        # One query for every key in the batch, one executemany for every row: each SQLite
+        # call gives up the GIL and must win it back from the busy event loop, so calls per
+        # batch, not per row, keep the writer quick.
+        first_seen = _first_seqs(conn, list({delivery.event_key for delivery in batch}))
+        rows: list[tuple[Any, ...]] = []
         for delivery in batch:
             seq += 1
-            # Same transaction, so a repeat inside this batch finds the row just inserted.
-            row = conn.execute(
-                "SELECT seq FROM deliveries WHERE event_key = ? ORDER BY seq LIMIT 1",
-                (delivery.event_key,),
-            ).fetchone()
-            duplicate_of = None if row is None else int(row[0])
+            first = first_seen.setdefault(delivery.event_key, seq)
+            duplicate_of = None if first == seq else first  # the first of its event: None
             content = (
                 seq,
                 delivery.received_at,
@@ -284,8 +324,9 @@ def append_batch(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list
                 duplicate_of,
             )
             previous = row_hash(previous, content)
-            conn.execute(_INSERT_DELIVERY, (*content, previous))
+            rows.append((*content, previous))
             results.append(Appended(seq, duplicate_of))
+        insert_many(conn, _INSERT_DELIVERY, rows)
     return results
 
 
@@ -302,7 +343,7 @@ def _logged(row: tuple[Any, ...]) -> LoggedDelivery:
         environment,
         event,
         account,
-        tuple(json.loads(flags)),
+        () if flags == "[]" else tuple(json.loads(flags)),  # most rows: spare the parse
         duplicate_of,
         body,
     )

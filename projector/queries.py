@@ -90,8 +90,9 @@ class ReaderPool:
 
 
 async def _rows(conn: aiosqlite.Connection, sql: str, *params: Any) -> list[Any]:
-    async with conn.execute(sql, params) as cursor:
-        return list(await cursor.fetchall())
+    # One trip to the connection's thread (execute, fetch and close there), not three: each
+    # trip costs the event loop a future and a wake-up, and the request ~80 us of latency.
+    return list(await conn.execute_fetchall(sql, params))
 
 
 async def account_connections(

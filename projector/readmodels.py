@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from typing import Any, Generic, TypeVar
 
 from projector.events import ConnectionChange, WorkflowOutcome, format_instant, parse_instant
 from projector.fold import ConnectionHealth, WorkflowRun, fold_connection, fold_workflow_run
+from projector.log import insert_many
 
 Change = TypeVar("Change", ConnectionChange, WorkflowOutcome)
 State = TypeVar("State", ConnectionHealth, WorkflowRun)
@@ -39,12 +41,14 @@ class ReadModel(Generic[Change, State]):
     to_row: Callable[[State], tuple[Any, ...]]
     from_row: Callable[[tuple[Any, ...]], State]
 
-    def create_table(self, conn: sqlite3.Connection, table: str, generation: int) -> None:
-        """Create this model's table (and indexes named for the generation) as `table`."""
+    def create_table(self, conn: sqlite3.Connection, table: str) -> None:
+        """Create this model's table as `table`, without its secondary indexes."""
         columns = ", ".join(f"{c} TEXT" for c in self.columns)
         key = ", ".join(self.key_columns)
         conn.execute(f"CREATE TABLE {table} ({columns}, PRIMARY KEY ({key})) WITHOUT ROWID")
-        # Index names outlive a rename, so each generation names its own.
+
+    def create_indexes(self, conn: sqlite3.Connection, table: str, generation: int) -> None:
+        """The query indexes of `table`, named for the generation (names outlive a rename)."""
         for suffix, index_columns in self.indexes:
             conn.execute(
                 f"CREATE INDEX {self.table}_{suffix}_g{generation} ON {table} ({index_columns})"
@@ -64,24 +68,32 @@ class ReadModel(Generic[Change, State]):
             except Exception as exc:  # a fold bug must not stop the projector (invariant 5)
                 errors.append(FoldError(seq, f"{type(exc).__name__}: {exc}"))
         if dirty:
-            placeholders = ", ".join("?" for _ in self.columns)
-            conn.executemany(
-                f"INSERT OR REPLACE INTO {table} ({', '.join(self.columns)})"
-                f" VALUES ({placeholders})",
-                [self.to_row(state) for state in dirty.values()],
-            )
+            insert = f"INSERT OR REPLACE INTO {table} ({', '.join(self.columns)})"
+            insert_many(conn, insert, [self.to_row(state) for state in dirty.values()])
         return errors
 
     def _load(
         self, conn: sqlite3.Connection, table: str, keys: set[tuple[str, ...]]
     ) -> dict[Hashable, State]:
-        where = " AND ".join(f"{c} = ?" for c in self.key_columns)
-        select = f"SELECT {', '.join(self.columns)} FROM {table} WHERE {where}"
+        """The stored states of `keys`, read in one step per 1,000 keys."""
+        width = len(self.key_columns)
+        positions = [self.columns.index(c) for c in self.key_columns]
+        on = " AND ".join(f"t.{c} = k.column{i}" for i, c in enumerate(self.key_columns, 1))
+        # A join, not `(a, b) IN (VALUES ...)`, which SQLite answers with a table scan; and
+        # one JSON array for all rows, because each row fetched is a step that gives up the
+        # GIL (see log.insert_many). Every read-model column is TEXT, so JSON carries it as is.
+        found = f"json_group_array(json_array({', '.join('t.' + c for c in self.columns)}))"
         states: dict[Hashable, State] = {}
-        for key in keys:
-            row = conn.execute(select, key).fetchone()
-            if row is not None:
-                states[key] = self.from_row(row)
+        ordered = list(keys)
+        for start in range(0, len(ordered), 1000):
+            part = ordered[start : start + 1000]
+            values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(part))
+            (rows,) = conn.execute(
+                f"SELECT {found} FROM (VALUES {values}) AS k CROSS JOIN {table} AS t ON {on}",
+                [value for key in part for value in key],
+            ).fetchone()
+            for row in json.loads(rows):
+                states[tuple(row[i] for i in positions)] = self.from_row(tuple(row))
         return states
 
 

@@ -143,7 +143,9 @@ def make_receiver(
                 "the delivery could not be stored durably; nothing was kept, retry later",
                 RETRY_AFTER,
             ) from None
-        bound.info(
+        # Debug, not info: one rendered line per delivery would cost more CPU than storing it,
+        # and the log itself (GET /v1/events) is the audit trail of every delivery.
+        bound.debug(
             "delivery_stored",
             seq=appended.seq,
             duplicate=appended.duplicate_of is not None,

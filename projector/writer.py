@@ -18,6 +18,7 @@ logger = structlog.get_logger("projector.writer")
 
 # Enough rows to amortise one fsync well; small enough to keep one commit's latency short.
 MAX_BATCH = 256
+MAX_COMMITTED = 20_000
 
 
 class Overloaded(Exception):
@@ -46,6 +47,7 @@ class WriteLane:
         self._conn: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._committed: dict[int, log.Committed] = {}
 
     async def open(self) -> None:
         """Open the connection in the writer thread and start taking appends."""
@@ -68,6 +70,11 @@ class WriteLane:
         future: asyncio.Future[log.Appended] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((delivery, future))
         return await future
+
+    def take_committed(self) -> dict[int, log.Committed]:
+        """What was committed since the last call, by seq, for the projector."""
+        committed, self._committed = self._committed, {}
+        return committed
 
     @property
     def pending(self) -> int:
@@ -110,8 +117,11 @@ class WriteLane:
                 if not future.done():
                     future.set_exception(StorageUnavailable(str(exc)))
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        for (delivery, future), result in zip(batch, results, strict=True):
             # A caller that went away still had its delivery stored; the sender will retry.
             if not future.done():
                 future.set_result(result)
+            # Bounded: if the projector falls far behind, it parses the rest from the log.
+            if len(self._committed) < MAX_COMMITTED:
+                self._committed[result.seq] = log.Committed(result.duplicate_of, delivery.change)
         self._on_commit()

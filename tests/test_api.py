@@ -19,7 +19,7 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from projector import log
+from projector import log, queries
 from projector.api import bearer_auth
 from projector.app import build_app
 from projector.config import load_settings
@@ -816,3 +816,61 @@ async def test_an_event_logged_with_undecodable_header_bytes_reads_back_escaped(
         answer = await client.get("/v1/events/1?environment=live", headers=AUTH)
         assert answer.status == 200
         assert (await answer.json())["headers"] == {"user-agent": "curl\\xff"}
+
+
+def connection(event: str, slug: str) -> bytes:
+    """A live connection event of account acct_c."""
+    payload = {
+        "linked_account_id": "acct_c",
+        "environment": "live",
+        "event": event,
+        "slug": slug,
+        "createdAt": "Tue, 07 Nov 2023 08:38:33 GMT",
+    }
+    return json.dumps(payload).encode()
+
+
+class CountingReaders(queries.ReaderPool):
+    """The real reader pool, counting the connections handed out (one per database read)."""
+
+    taken = 0
+
+    def connection(self) -> Any:
+        CountingReaders.taken += 1
+        return super().connection()
+
+
+async def test_a_repeated_read_model_query_costs_no_database_read_until_a_delivery_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Conditional or not, a repeat is answered from memory; a folded delivery ends that."""
+    monkeypatch.setattr("projector.app.ReaderPool", CountingReaders)
+    settings = load_settings(
+        db=tmp_path / "c.sqlite3", signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN
+    )
+    async with TestClient(TestServer(build_app(settings))) as client:
+        banner = "/v1/accounts/acct_c/connections?environment=live"
+        body = connection("Connection Created", "slack")
+        assert (
+            await client.post("/webhooks/refold", data=body, headers=signed(body))
+        ).status == 200
+        await wait_projected(client)
+        first = await client.get(banner, headers=AUTH)
+        tag = first.headers["ETag"]
+        before = CountingReaders.taken
+        again = await client.get(banner, headers=AUTH)
+        conditional = await client.get(banner, headers={**AUTH, "If-None-Match": tag})
+        assert (again.status, await again.read()) == (200, await first.read())
+        assert again.headers["ETag"] == tag
+        assert conditional.status == 304
+        assert CountingReaders.taken == before  # neither touched the database
+
+        expired = connection("Connection Expired", "gmail")
+        assert (
+            await client.post("/webhooks/refold", data=expired, headers=signed(expired))
+        ).status == 200
+        await wait_projected(client)
+        changed = await client.get(banner, headers={**AUTH, "If-None-Match": tag})
+        assert changed.status == 200
+        assert (await changed.json())["needs_reconnect"] is True
+        assert CountingReaders.taken > before

@@ -149,7 +149,9 @@ def test_serve_on_a_port_already_in_use_exits_with_an_error_instead_of_hanging(
 def service_output(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Start a service, send it deliveries signed with every key, read, stop; all output."""
     tmp_path = tmp_path_factory.mktemp("secrets")
-    service = Service(tmp_path / "projector.sqlite3").start()
+    # Debug level: every delivery's own log line is checked for secrets too.
+    debug = {"PROJECTOR_LOG_LEVEL": "debug"}
+    service = Service(tmp_path / "projector.sqlite3", extra_env=debug).start()
     try:
         lines = []
         keys = (("test", TEST_KEY), ("live", LIVE_KEY), ("live", LIVE_OLD_KEY))

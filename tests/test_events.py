@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from projector.events import (
+    CONNECTION_STATUS_BY_EVENT,
     MAX_DEPTH,
+    WORKFLOW_STATUS_BY_EVENT,
     ConnectionChange,
     ConnectionEventPayload,
     WorkflowEventPayload,
     WorkflowOutcome,
     format_instant,
+    parse_change,
     parse_delivery,
     parse_instant,
 )
+from tests.support import sample_bodies
 
 CONNECTION_EXAMPLE = (
     b'{"linked_account_id":"12345","org_id":"645270e37917442c4307297a","environment":"test",'
@@ -523,3 +531,117 @@ def test_an_email_linked_account_id_is_kept_as_is() -> None:
     parsed = parse_delivery(body(**connection(linked_account_id="ana@example.com")), "live")
     assert parsed.linked_account_id == "ana@example.com"
     assert parsed.flags == ()
+
+
+# --- the fast paths equal the general ones -----------------------------------------------
+
+_FIELD_VALUES = st.one_of(
+    st.none(),
+    st.text(max_size=6),
+    st.sampled_from(["acct_1", "", "slack", "COMPLETED", "errored"]),
+    st.integers(-3, 10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
+)
+_DATES = st.one_of(
+    st.sampled_from(["Mon, 01 Jun 2026 05:42:56 GMT", "2026-06-01T05:42:56Z", "not a date"]),
+    st.builds(
+        "{}, {:02d} {} {:04d} {:02d}:{:02d}:{:02d} GMT".format,
+        st.sampled_from(["Mon", "Sun", "Xyz"]),
+        st.integers(0, 99),
+        st.sampled_from(["Jan", "Feb", "Jun", "Dec"]),
+        st.integers(0, 9999),
+        st.integers(0, 99),
+        st.integers(0, 99),
+        st.integers(0, 99),
+    ),
+)
+_NAMES = [
+    "linked_account_id",
+    "slug",
+    "type",
+    "org_id",
+    "environment",
+    "instance_id",
+    "workflow_id",
+    "config_id",
+    "workflow_name",
+    "status",
+]
+
+
+@st.composite
+def _payloads(draw: st.DrawFn) -> dict[str, object]:
+    payload: dict[str, object] = {
+        "event": draw(st.sampled_from([*CONNECTION_STATUS_BY_EVENT, *WORKFLOW_STATUS_BY_EVENT]))
+    }
+    for name in draw(st.lists(st.sampled_from(_NAMES), unique=True)):
+        payload[name] = draw(_FIELD_VALUES)
+    if draw(st.booleans()):
+        payload["createdAt"] = draw(_DATES)
+    return payload
+
+
+@settings(max_examples=400)
+@given(payload=_payloads(), environment=st.sampled_from(["test", "live"]))
+def test_the_fast_field_check_reads_every_payload_as_the_pydantic_models_do(
+    payload: dict[str, object], environment: str
+) -> None:
+    """Skipping pydantic for plainly typed payloads changes no change, flag or identity."""
+    body = json.dumps(payload).encode()
+    fast = parse_delivery(body, environment)
+    with mock.patch("projector.events._plain", return_value=False):
+        general = parse_delivery(body, environment)
+    assert fast == general
+    assert parse_change(body, environment) == general.change
+
+
+@given(value=_DATES)
+def test_the_refold_date_fast_path_agrees_with_email_utils(value: str) -> None:
+    """Refold's date shape is read directly; any other value, and any error, as before."""
+    try:
+        expected: object = parsedate_to_datetime(value).astimezone(UTC)
+    except (TypeError, ValueError, IndexError):
+        try:
+            expected = datetime.fromisoformat(value).astimezone(UTC)
+        except ValueError:
+            expected = ValueError
+    try:
+        got: object = parse_instant(value)
+    except ValueError:
+        got = ValueError
+    assert got == expected
+
+
+def test_the_fast_field_check_reads_every_sample_delivery_as_the_pydantic_models_do() -> None:
+    """The realistic case: the whole sample stream, fast path against the general one."""
+    for body in sample_bodies():
+        fast = parse_delivery(body, "live")
+        with mock.patch("projector.events._plain", return_value=False):
+            assert parse_delivery(body, "live") == fast
+
+
+@given(moment=st.datetimes(timezones=st.just(UTC)))
+def test_format_instant_of_a_utc_datetime_takes_a_short_cut_to_the_same_text(
+    moment: datetime,
+) -> None:
+    """The UTC short cut writes exactly what the general conversion writes."""
+    spec = "microseconds" if moment.microsecond else "seconds"
+    general = moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+    assert format_instant(moment) == general
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"event":"\\ud800"}',
+        b'{"event":"\xed\xa0\x80"}',
+        '{"event":"\\ud800"}'.encode("utf-16"),
+        '{"event":"\\ud800"}'.encode("utf-32"),
+    ],
+    ids=["escaped", "raw_utf8_bytes", "escaped_utf16", "escaped_utf32"],
+)
+def test_every_way_of_writing_a_lone_surrogate_is_not_json(body: bytes) -> None:
+    """The cheap pre-check must not let any spelling of a lone surrogate through."""
+    assert parse_delivery(body, "live").flags == ("not_json",)

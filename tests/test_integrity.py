@@ -48,6 +48,12 @@ def test_changing_any_column_changes_the_row_hash(column: int) -> None:
     assert row_hash(GENESIS_HASH, changed) != row_hash(GENESIS_HASH, ROW)
 
 
+def test_the_row_encoding_is_pinned_so_existing_logs_keep_verifying() -> None:
+    """A change to how rows are hashed would break every stored chain: this value is fixed."""
+    expected = "937df71f47c9767f2b8d9c00534dca6983ed87034bd74e18feddadf2663bbb31"
+    assert row_hash(GENESIS_HASH, ROW) == expected
+
+
 def test_the_previous_hash_is_part_of_the_row_hash() -> None:
     """Chaining: the same row after another predecessor hashes differently."""
     assert row_hash(GENESIS_HASH, ROW) != row_hash("1" * 64, ROW)

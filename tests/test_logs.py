@@ -52,3 +52,13 @@ def test_json_lines_carry_the_bound_context_and_the_message(
     assert line["message"] == "delivery_stored"
     assert (line["seq"], line["environment"]) == (3, "live")
     assert line["event"] == "Connection Created"
+
+
+def test_lines_below_the_configured_level_are_dropped(capsys: pytest.CaptureFixture[str]) -> None:
+    """At info (the default) per-delivery debug lines cost nothing and print nothing."""
+    configure_logging("json", "info")
+    log = structlog.get_logger("test")
+    log.debug("delivery_stored", seq=1)
+    log.info("listening")
+    lines = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()]
+    assert [line["message"] for line in lines] == ["listening"]

@@ -1,0 +1,50 @@
+"""Read-model answers kept until the read models change, so a repeated read costs no query."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    """One answer's body and ETag, and the read-model version it was read at."""
+
+    version: int
+    etag: str
+    body: bytes
+
+
+class AnswerCache:
+    """The last answers to read-model queries, by URL, valid while `version` stands.
+
+    The projector calls `read_models_changed` after every batch it folds (and when it sees a
+    rebuild's swap), which makes every kept answer stale at once.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.version = 0
+        self._capacity = capacity
+        self._answers: OrderedDict[str, CachedAnswer] = OrderedDict()
+
+    def read_models_changed(self) -> None:
+        """Every answer kept so far may be out of date."""
+        self.version += 1
+        self._answers.clear()
+
+    def get(self, url: str) -> CachedAnswer | None:
+        """The answer for `url` read at the current version, if kept."""
+        answer = self._answers.get(url)
+        if answer is None or answer.version != self.version:
+            return None
+        self._answers.move_to_end(url)
+        return answer
+
+    def put(self, url: str, answer: CachedAnswer) -> None:
+        """Keep `answer` unless the read models changed while it was being read."""
+        if answer.version != self.version:  # read across a change: it may mix both states
+            return
+        self._answers[url] = answer
+        self._answers.move_to_end(url)
+        if len(self._answers) > self._capacity:
+            self._answers.popitem(last=False)
