@@ -262,9 +262,13 @@ def _matches(request: web.Request, tag: str) -> bool:
     return tag in offered or "*" in offered
 
 
+def _not_modified(tag: str) -> web.Response:
+    return web.Response(status=304, headers={"ETag": tag, **CACHE_CONTROL})
+
+
 def _from_cache(request: web.Request, answer: CachedAnswer) -> web.Response:
     if _matches(request, answer.etag):
-        return web.Response(status=304, headers={"ETag": answer.etag, **CACHE_CONTROL})
+        return _not_modified(answer.etag)
     return web.Response(
         body=answer.body,
         content_type="application/json",
@@ -294,7 +298,7 @@ def etag(cache: AnswerCache) -> Middleware:
         if cacheable:
             cache.put(request.path_qs, CachedAnswer(version, tag, response.body))
         if _matches(request, tag):
-            return web.Response(status=304, headers={"ETag": tag, **CACHE_CONTROL})
+            return _not_modified(tag)
         response.headers["ETag"] = tag
         response.headers.update(CACHE_CONTROL)
         return response

@@ -66,7 +66,9 @@ class ChainReport:
         return self.broken_at is None
 
 
-def _rows(conn: sqlite3.Connection, chunk: int) -> Iterator[tuple[int, tuple[Value, ...], str]]:
+def hashed_rows(
+    conn: sqlite3.Connection, chunk: int = 5000
+) -> Iterator[tuple[int, tuple[Value, ...], str]]:
     """(seq, hashed columns, stored hash) in seq order, a chunk at a time: flat memory."""
     after = 0
     columns = ", ".join((*HASHED_COLUMNS, "row_hash"))
@@ -81,7 +83,7 @@ def _rows(conn: sqlite3.Connection, chunk: int) -> Iterator[tuple[int, tuple[Val
 def verify_chain(conn: sqlite3.Connection, chunk: int = 5000) -> ChainReport:
     """Walk the whole log; report the first row breaking the sequence or the chain."""
     expected_seq, previous, rows = 1, GENESIS_HASH, 0
-    for seq, content, stored in _rows(conn, chunk):
+    for seq, content, stored in hashed_rows(conn, chunk):
         if seq != expected_seq:
             problem = f"seq {expected_seq} is missing: the next row has seq {seq}"
             return ChainReport(rows, expected_seq - 1, previous, expected_seq, problem)

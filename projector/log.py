@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from projector.events import ConnectionChange, ParsedDelivery, WorkflowOutcome
-from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, head_hash, row_hash
+from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, hashed_rows, head_hash, row_hash
 
 LOG_SCHEMA_VERSION = 2
 Change = ConnectionChange | WorkflowOutcome
@@ -70,15 +70,10 @@ def _add_hash_chain(conn: sqlite3.Connection) -> None:
     # Rows logged before version 2 get their hashes once, here; the trigger is back
     # before this transaction commits, so no other writer ever sees the log updatable.
     conn.execute("DROP TRIGGER deliveries_no_update")
-    previous, after = GENESIS_HASH, 0
-    columns = ", ".join(HASHED_COLUMNS)
-    while rows := conn.execute(
-        f"SELECT {columns} FROM deliveries WHERE seq > ? ORDER BY seq LIMIT 5000", (after,)
-    ).fetchall():
-        for row in rows:
-            previous = row_hash(previous, row)
-            conn.execute("UPDATE deliveries SET row_hash = ? WHERE seq = ?", (previous, row[0]))
-        after = rows[-1][0]
+    previous = GENESIS_HASH
+    for seq, content, _ in hashed_rows(conn):  # a chunk at a time, read before it is updated
+        previous = row_hash(previous, content)
+        conn.execute("UPDATE deliveries SET row_hash = ? WHERE seq = ?", (previous, seq))
     _run_script(conn, _NO_UPDATE)
 
 
@@ -236,6 +231,21 @@ def check_version(conn: sqlite3.Connection) -> None:
             f"refold-projector's {LOG_SCHEMA_VERSION}: start `projector serve` (or run "
             "`projector rebuild`) once to upgrade it, then try again"
         )
+
+
+@contextmanager
+def relaxed_sync(conn: sqlite3.Connection) -> Iterator[None]:
+    """Commits on `conn` skip the fsync (synchronous=NORMAL) inside; FULL again after.
+
+    Only for read-model writes: they hold nothing the log does not, and WAL with NORMAL
+    stays consistent, so a power cut can only undo some of them, which are then refolded.
+    The log's own commits stay FULL (and sync these pages too).
+    """
+    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA synchronous=FULL")
 
 
 def migrate(conn: sqlite3.Connection) -> int:

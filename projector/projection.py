@@ -145,14 +145,8 @@ def catch_up_batch(
     `known` holds what this process's write lane committed, by seq; where it covers the
     batch, the projector folds those changes instead of reading and parsing the bodies.
     """
-    # Read models hold nothing the log does not, so their commits skip the fsync (WAL with
-    # NORMAL stays consistent: a power cut can only undo a batch, which is then refolded).
-    # The next FULL commit of the log syncs these pages too.
-    conn.execute("PRAGMA synchronous=NORMAL")
-    try:
+    with log.relaxed_sync(conn):
         return _catch_up(conn, limit, known)
-    finally:
-        conn.execute("PRAGMA synchronous=FULL")
 
 
 def _catch_up(conn: sqlite3.Connection, limit: int, known: Mapping[int, log.Committed]) -> int:
@@ -206,11 +200,8 @@ def rebuild(conn: sqlite3.Connection, chunk: int = REBUILD_CHUNK) -> int:
             conn.execute(f"DROP TABLE IF EXISTS {model.table}{REBUILD_SUFFIX}")
             model.create_table(conn, model.table + REBUILD_SUFFIX)
     position = 0
-    # The new tables hold nothing that is not in the log, so their chunks need not wait for
-    # an fsync each (NORMAL: WAL order still keeps the file consistent); a crash only means
-    # rebuilding again. The log's own commits, on other connections, stay FULL.
-    conn.execute("PRAGMA synchronous=NORMAL")
-    try:
+    # The new tables hold nothing that is not in the log: a crash only means rebuilding again.
+    with log.relaxed_sync(conn):
         # Short transactions, so a running server's appends wait milliseconds, not the rebuild.
         for deliveries in log.iterate(conn, 0, chunk):
             with log.transaction(conn):
@@ -224,8 +215,6 @@ def rebuild(conn: sqlite3.Connection, chunk: int = REBUILD_CHUNK) -> int:
             _check_claim(conn, generation)
             for model in READ_MODELS:
                 model.create_indexes(conn, model.table + REBUILD_SUFFIX, generation)
-    finally:
-        conn.execute("PRAGMA synchronous=FULL")
     with log.transaction(conn):
         _check_claim(conn, generation)
         # Deliveries appended since the last chunk; then the swap, all in one transaction.
