@@ -313,10 +313,16 @@ def _plain(payload: dict[str, Any], required: tuple[str, ...], optional: tuple[s
     return all(isinstance(payload.get(name), str | None) for name in optional)
 
 
-_CONNECTION_REQUIRED = ("linked_account_id", "slug", "createdAt")
-_CONNECTION_OPTIONAL = ("type",)
-_WORKFLOW_REQUIRED = ("linked_account_id", "instance_id")
-_WORKFLOW_OPTIONAL = ("workflow_id", "config_id", "workflow_name", "status")
+def _fields(model: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The model's required and optional fields but `event` (the caller has checked it)."""
+    fields = {name: field for name, field in model.model_fields.items() if name != "event"}
+    required = tuple(name for name, field in fields.items() if field.is_required())
+    return required, tuple(name for name in fields if name not in required)
+
+
+# Read from the models, so the fast check covers every field they would validate.
+_CONNECTION_REQUIRED, _CONNECTION_OPTIONAL = _fields(ConnectionEventPayload)
+_WORKFLOW_REQUIRED, _WORKFLOW_OPTIONAL = _fields(WorkflowEventPayload)
 
 
 def _connection_change(payload: dict[str, Any], environment: str, event: str) -> ConnectionChange:
