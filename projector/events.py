@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -169,16 +168,31 @@ def _raw_identity(body: bytes, environment: str) -> str:
     return _identity("raw", environment, hashlib.sha256(body).hexdigest())
 
 
-def _noting_duplicates(seen: list[bool]) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
-    """A json object hook that builds each object and notes one that repeats a key."""
+class _RepeatedKeys(dict[str, Any]):
+    """A JSON object whose text repeated a key (Python kept the last value)."""
 
-    def build(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        built = dict(pairs)
-        if len(built) != len(pairs):  # linear: a hostile 100,000-key object stays cheap
-            seen.append(True)
-        return built
 
-    return build
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    built = dict(pairs)
+    # Linear: a hostile 100,000-key object stays cheap.
+    return built if len(built) == len(pairs) else _RepeatedKeys(built)
+
+
+# One decoder for every body, holding no state between calls (json.loads with keywords
+# would build a new one per call): objects that repeat a key come back marked by type.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object)
+
+
+def _repeats_a_key(value: Any) -> bool:
+    """Whether any object in `value` (walked, not recursed) repeated a key in its text."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _RepeatedKeys):
+            return True
+        if isinstance(item, dict | list):
+            stack.extend(item.values() if isinstance(item, dict) else item)
+    return False
 
 
 def _nests_deeper_than(value: Any, limit: int) -> bool:
@@ -196,11 +210,9 @@ def _nests_deeper_than(value: Any, limit: int) -> bool:
 
 def load_json_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """The body as a JSON object (or None), and the flag that says what is wrong with it."""
-    repeated: list[bool] = []
     try:
-        parsed = json.loads(
-            body, parse_constant=_reject_constant, object_pairs_hook=_noting_duplicates(repeated)
-        )
+        # What json.loads does with bytes, on the shared decoder.
+        parsed = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
         # A lone surrogate (\ud800) is JSON syntax but not Unicode text: it could be neither
         # hashed, stored as text nor sent back in an answer, so such a body is not JSON to us.
         # Only a \u escape or raw surrogate bytes (0xED 0xA0.., which json.loads decodes with
@@ -217,25 +229,45 @@ def load_json_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
         return None, "not_json"
     if not isinstance(parsed, dict):
         return None, "not_an_object"
-    # Parsers disagree on which value of a repeated key counts (first, last, or an error), so
-    # what Python reads (the last) is kept for the audit trail but not trusted as the event.
-    return parsed, "duplicate_keys" if repeated else None
+    # One object needs no walk; only a body with another `{` can hide one deeper down.
+    if type(parsed) is _RepeatedKeys or (openers > 1 and _repeats_a_key(parsed)):
+        # Parsers disagree on which value of a repeated key counts (first, last, or an
+        # error), so what Python reads (the last) is kept for the audit trail but not trusted
+        # as the event. Parsed again for plain dicts: the marker type stays in here.
+        return json.loads(body), "duplicate_keys"
+    return parsed, None
 
 
 def parse_delivery(body: bytes, environment: str) -> ParsedDelivery:
     """Read a verified body for `environment` (the key's); never raises on bad input."""
-    return _parse(body, environment, identify=True)
+    return _parse(body, environment)
 
 
 def parse_change(body: bytes, environment: str) -> ConnectionChange | WorkflowOutcome | None:
-    """Just what the projectors fold: `parse_delivery(...).change`, without the identity work."""
-    return _parse(body, environment, identify=False).change
+    """Just what the projectors fold: `parse_delivery(...).change`, without identity or flags.
+
+    A rebuild calls this for every delivery in the log, so it builds nothing it drops.
+    """
+    payload, flag = load_json_object(body)
+    if payload is None or flag is not None or _environment_flags(payload, environment):
+        return None
+    event = payload.get("event")
+    if not isinstance(event, str):
+        return None
+    try:
+        if event in CONNECTION_STATUS_BY_EVENT:
+            return _connection_change(payload, environment, event)
+        if event in WORKFLOW_STATUS_BY_EVENT:
+            return _workflow_outcome(payload, environment, event)
+    except ValidationError:  # flagged invalid_field or missing_field: the projectors skip it
+        return None
+    return None
 
 
-def _parse(body: bytes, environment: str, *, identify: bool) -> ParsedDelivery:
+def _parse(body: bytes, environment: str) -> ParsedDelivery:
     payload, flag = load_json_object(body)
     if payload is None:
-        key = _raw_identity(body, environment) if identify else ""
+        key = _raw_identity(body, environment)
         return ParsedDelivery(None, None, None, None, None, key, (str(flag),), None)
     event = payload.get("event")
     event_name = event if isinstance(event, str) else None
@@ -243,14 +275,14 @@ def _parse(body: bytes, environment: str, *, identify: bool) -> ParsedDelivery:
         # Searchable as Python reads it, but identified by its bytes: two bodies that differ
         # only in a repeated key's other value must not be taken for one event.
         flagged = _flagged(payload, environment, event_name, None, [flag], identify=False)
-        return replace(flagged, event_key=_raw_identity(body, environment) if identify else "")
+        return replace(flagged, event_key=_raw_identity(body, environment))
     flags = _environment_flags(payload, environment)
     if event_name in CONNECTION_STATUS_BY_EVENT:
-        return _connection(payload, environment, event_name, flags, identify)
+        return _connection(payload, environment, event_name, flags)
     if event_name in WORKFLOW_STATUS_BY_EVENT:
-        return _workflow(payload, environment, event_name, flags, identify)
+        return _workflow(payload, environment, event_name, flags)
     flags.append("missing_field:event" if event is None else "unknown_event")
-    return _flagged(payload, environment, event_name, None, flags, identify)
+    return _flagged(payload, environment, event_name, None, flags)
 
 
 def _flagged(
@@ -259,7 +291,7 @@ def _flagged(
     event: str | None,
     kind: Kind | None,
     flags: list[str],
-    identify: bool,
+    identify: bool = True,
 ) -> ParsedDelivery:
     """A delivery the projectors skip, with whatever searchable fields it does have."""
     return ParsedDelivery(
@@ -284,7 +316,7 @@ def _text(value: Any) -> str | None:
 
 def _environment_flags(payload: dict[str, Any], environment: str) -> list[str]:
     named = payload.get("environment")
-    if named is None:
+    if named is None or named == environment:  # `environment` is canonical already
         return []
     if not isinstance(named, str) or normalise_environment(named) != environment:
         return ["environment_mismatch"]
@@ -310,7 +342,11 @@ def _plain(payload: dict[str, Any], required: tuple[str, ...], optional: tuple[s
         value = payload.get(name)
         if not isinstance(value, str) or not value:
             return False
-    return all(isinstance(payload.get(name), str | None) for name in optional)
+    for name in optional:  # a loop, not all(...): this runs for every delivery
+        value = payload.get(name)
+        if value is not None and not isinstance(value, str):
+            return False
+    return True
 
 
 def _fields(model: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -369,34 +405,30 @@ def _workflow_outcome(payload: dict[str, Any], environment: str, event: str) -> 
 
 
 def _connection(
-    payload: dict[str, Any], environment: str, event: str, flags: list[str], identify: bool
+    payload: dict[str, Any], environment: str, event: str, flags: list[str]
 ) -> ParsedDelivery:
     try:
         change = _connection_change(payload, environment, event)
     except ValidationError as error:
         flags.extend(_field_flags(error))
-        return _flagged(payload, environment, event, "connection", flags, identify)
+        return _flagged(payload, environment, event, "connection", flags)
     account, slug = change.linked_account_id, change.slug
-    key = ""
-    if identify:
-        moment = format_instant(change.occurred_at)
-        key = _identity("connection", environment, account, slug, event, moment)
+    moment = format_instant(change.occurred_at)
+    key = _identity("connection", environment, account, slug, event, moment)
     kept = None if flags else change
     return ParsedDelivery(event, "connection", account, slug, None, key, tuple(flags), kept)
 
 
 def _workflow(
-    payload: dict[str, Any], environment: str, event: str, flags: list[str], identify: bool
+    payload: dict[str, Any], environment: str, event: str, flags: list[str]
 ) -> ParsedDelivery:
     try:
         outcome = _workflow_outcome(payload, environment, event)
     except ValidationError as error:
         flags.extend(_field_flags(error))
-        return _flagged(payload, environment, event, "workflow", flags, identify)
+        return _flagged(payload, environment, event, "workflow", flags)
     account, instance = outcome.linked_account_id, outcome.instance_id
-    key = ""
-    if identify:
-        # A retry repeats the payload exactly; a second genuine failure differs somewhere in it.
-        key = _identity("workflow", environment, instance, event, _canonical(payload))
+    # A retry repeats the payload exactly; a second genuine failure differs somewhere in it.
+    key = _identity("workflow", environment, instance, event, _canonical(payload))
     kept = None if flags else outcome
     return ParsedDelivery(event, "workflow", account, None, instance, key, tuple(flags), kept)

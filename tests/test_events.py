@@ -656,3 +656,52 @@ def test_format_instant_of_a_utc_datetime_takes_a_short_cut_to_the_same_text(
 def test_every_way_of_writing_a_lone_surrogate_is_not_json(body: bytes) -> None:
     """The cheap pre-check must not let any spelling of a lone surrogate through."""
     assert parse_delivery(body, "live").flags == ("not_json",)
+
+
+_FIELD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.sampled_from(["", "a", "live", "test", "Production", "Mon, 01 Jun 2026 05:42:56 GMT"]),
+    st.lists(st.integers(0, 3), max_size=2),
+    st.dictionaries(st.sampled_from(["a", "b"]), st.integers(0, 3), max_size=2),
+)
+_FIELDS = st.dictionaries(
+    st.sampled_from(
+        ["linked_account_id", "slug", "instance_id", "createdAt", "environment", "type",
+         "status", "workflow_id", "workflow_name", "config_id", "org_id", "extra"]
+    ),
+    _FIELD_VALUES,
+)  # fmt: skip
+
+
+_VALID = {
+    "connection": {"linked_account_id": "a", "slug": "s", "type": "General",
+                   "createdAt": "Mon, 01 Jun 2026 05:42:56 GMT"},
+    "workflow": {"linked_account_id": "a", "instance_id": "i", "status": "ERRORED"},
+}  # fmt: skip
+
+
+@settings(max_examples=400)
+@given(
+    kind=st.sampled_from(sorted(_VALID)),
+    changed=_FIELDS.filter(lambda fields: len(fields) <= 2),
+    event=st.sampled_from([*CONNECTION_STATUS_BY_EVENT, *WORKFLOW_STATUS_BY_EVENT, "Other", 7]),
+    environment=st.sampled_from(["live", "test"]),
+    repeat=st.booleans(),
+)
+def test_parse_change_is_the_change_parse_delivery_reads(
+    kind: str, changed: dict[str, object], event: object, environment: str, repeat: bool
+) -> None:
+    """The projectors' short parse agrees with the full one: valid payloads, one or two fields
+    changed, wrong environments, unknown events and repeated keys."""
+    body = json.dumps({"event": event, **_VALID[kind], **changed}).encode()
+    if repeat:  # the same key twice, as a hostile sender may write it
+        body = body[:-1] + b', "event": "Connection Deleted"}'
+    assert parse_change(body, environment) == parse_delivery(body, environment).change
+
+
+def test_parse_change_agrees_with_parse_delivery_on_every_sample_body() -> None:
+    for raw in sample_bodies():
+        for environment in ("live", "test"):
+            assert parse_change(raw, environment) == parse_delivery(raw, environment).change
