@@ -368,6 +368,21 @@ def read_after(conn: sqlite3.Connection, after: int, limit: int) -> list[LoggedD
     return [_logged(row) for row in rows]
 
 
+def read_seqs(conn: sqlite3.Connection, seqs: Sequence[int]) -> list[LoggedDelivery]:
+    """The deliveries with these seqs (at most 10,000 at once), in log order."""
+    rows = conn.execute(
+        f"SELECT {_LOGGED_COLUMNS} FROM deliveries WHERE seq IN ({', '.join('?' * len(seqs))})"
+        " ORDER BY seq",
+        list(seqs),
+    ).fetchall()
+    return [_logged(row) for row in rows]
+
+
+def path_of(conn: sqlite3.Connection) -> Path:
+    """The file `conn` has open as its main database."""
+    return Path(conn.execute("PRAGMA database_list").fetchone()[2])
+
+
 def iterate(
     conn: sqlite3.Connection, after: int = 0, chunk: int = 5000
 ) -> Iterator[list[LoggedDelivery]]:

@@ -33,6 +33,8 @@ class ReadModel(Generic[Change, State]):
     version: int
     table: str
     change_type: type[Change]
+    # The log's `kind` for this model's events; its key columns are log columns too.
+    kind: str
     columns: tuple[str, ...]
     key_columns: tuple[str, ...]
     indexes: tuple[tuple[str, str], ...]
@@ -129,6 +131,7 @@ CONNECTION_HEALTH: ReadModel[ConnectionChange, ConnectionHealth] = ReadModel(
     version=2,
     table="connections",
     change_type=ConnectionChange,
+    kind="connection",
     columns=(
         "environment",
         "linked_account_id",
@@ -168,6 +171,7 @@ WORKFLOW_RUNS: ReadModel[WorkflowOutcome, WorkflowRun] = ReadModel(
     version=2,
     table="workflow_runs",
     change_type=WorkflowOutcome,
+    kind="workflow",
     columns=(
         "environment",
         "instance_id",

@@ -323,6 +323,23 @@ def test_a_rebuild_leaves_no_rebuild_tables_behind(db_path: Path) -> None:
     assert {"connections", "workflow_runs", "projections", "projection_errors"} <= tables
 
 
+def test_a_rebuild_folds_rows_whose_stored_kind_or_key_differs_from_what_the_body_says(
+    tmp_path: Path,
+) -> None:
+    """The sorted rebuild groups by the log's columns; rows an older release filed differently
+    are still folded, as the body says, into the same tables."""
+    deliveries = sample_deliveries()
+    connection = next(i for i, d in enumerate(deliveries) if d.kind == "connection" and d.change)
+    workflow = next(i for i, d in enumerate(deliveries) if d.kind == "workflow" and d.change)
+    misfiled = list(deliveries)
+    misfiled[connection] = replace(deliveries[connection], kind=None, slug=None)
+    misfiled[workflow] = replace(deliveries[workflow], kind="connection", instance_id="other")
+    later = next(i for i in range(workflow + 1, len(deliveries)) if deliveries[i].kind)
+    misfiled[later] = replace(deliveries[later], linked_account_id="someone_else")
+    expected = rebuilt(tmp_path / "true.sqlite3", deliveries)
+    assert rebuilt(tmp_path / "misfiled.sqlite3", misfiled) == expected
+
+
 # --- order independence, at storage level --------------------------------------------------
 
 
