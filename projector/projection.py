@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -181,6 +185,9 @@ def _catch_up(conn: sqlite3.Connection, limit: int, known: Mapping[int, log.Comm
 # Read-model rows per rebuild transaction: each holds the write lock for a few
 # milliseconds, so a running server's appends barely wait.
 REBUILD_CHUNK = 2000
+# From this many deliveries on, each read model after the first is rebuilt in a process of
+# its own, in parallel; below it, starting the process costs more than it saves.
+PARALLEL_FROM = 100_000
 
 
 def rebuild(conn: sqlite3.Connection, chunk: int = REBUILD_CHUNK) -> int:
@@ -239,19 +246,31 @@ def _fill(
     conn: sqlite3.Connection, reader: sqlite3.Connection, head: int, generation: int, chunk: int
 ) -> None:
     """Fold the log up to `head` into the rebuild tables, then index them."""
+    first, *others = READ_MODELS
     strays: list[int] = []
-    for model in READ_MODELS:
-        errors: list[FoldError] = []
-        table = model.table + REBUILD_SUFFIX
-        states = _states_in_key_order(reader, model, head, strays, errors)
-        while batch := list(islice(states, chunk)):
-            with log.transaction(conn):
-                _check_claim(conn, generation)
-                insert = f"INSERT INTO {table} ({', '.join(model.columns)})"
-                insert_many(conn, insert, [model.to_row(state) for state in batch])
-                _record_errors(conn, model.name, generation, errors)
-            errors.clear()
-            logger.info("rebuild_progress", projection=model.name, rows=len(batch))
+    errors: dict[str, list[FoldError]] = {}
+    if head >= PARALLEL_FROM and others:
+        # The folds are CPU-bound Python, and the GIL keeps threads to one core.
+        spawn = multiprocessing.get_context("spawn")  # no fork of a threaded server
+        with ProcessPoolExecutor(len(others), mp_context=spawn) as pool:
+            apart = [
+                pool.submit(_fill_apart, log.path_of(conn), m.name, head, generation, chunk)
+                for m in others
+            ]
+            strays, errors[first.name] = _fill_model(conn, reader, first, head, generation, chunk)
+            for model, future in zip(others, apart, strict=True):
+                their_strays, errors[model.name] = future.result()
+                strays += their_strays
+    else:
+        for model in READ_MODELS:
+            their_strays, errors[model.name] = _fill_model(
+                conn, reader, model, head, generation, chunk
+            )
+            strays += their_strays
+    with log.transaction(conn):
+        _check_claim(conn, generation)
+        for name, found in errors.items():
+            _record_errors(conn, name, generation, found)
     # Rows the sorted reads could not place: folded by seq, merged with what is stored.
     strays.extend(_seqs_of_no_model(reader, head))
     strays.sort()
@@ -265,6 +284,44 @@ def _fill(
         _check_claim(conn, generation)
         for model in READ_MODELS:
             model.create_indexes(conn, model.table + REBUILD_SUFFIX, generation)
+
+
+def _fill_model(
+    conn: sqlite3.Connection,
+    reader: sqlite3.Connection,
+    model: ReadModel[Any, Any],
+    head: int,
+    generation: int,
+    chunk: int,
+) -> tuple[list[int], list[FoldError]]:
+    """Fill one model's rebuild table; returns the seqs it could not place, and fold errors."""
+    strays: list[int] = []
+    errors: list[FoldError] = []
+    insert = f"INSERT INTO {model.table}{REBUILD_SUFFIX} ({', '.join(model.columns)})"
+    states = _states_in_key_order(reader, model, head, strays, errors)
+    while batch := list(islice(states, chunk)):
+        with log.transaction(conn):
+            _check_claim(conn, generation)
+            insert_many(conn, insert, [model.to_row(state) for state in batch])
+        logger.info("rebuild_progress", projection=model.name, rows=len(batch))
+    return strays, errors
+
+
+def _fill_apart(
+    path: Path, name: str, head: int, generation: int, chunk: int
+) -> tuple[list[int], list[FoldError]]:
+    """`_fill_model` in a process of its own, on its own connections."""
+    # Silent: its progress would interleave with the parent's lines; its errors go back.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    model = next(model for model in READ_MODELS if model.name == name)
+    conn = log.connect(path)
+    reader = log.connect(path, readonly=True)
+    try:
+        with log.relaxed_sync(conn):
+            return _fill_model(conn, reader, model, head, generation, chunk)
+    finally:
+        reader.close()
+        conn.close()
 
 
 def _states_in_key_order(

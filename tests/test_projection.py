@@ -340,6 +340,29 @@ def test_a_rebuild_folds_rows_whose_stored_kind_or_key_differs_from_what_the_bod
     assert rebuilt(tmp_path / "misfiled.sqlite3", misfiled) == expected
 
 
+def test_a_rebuild_with_a_read_model_in_another_process_gives_the_same_tables(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large logs rebuild their second read model in a spawned process; the tables match."""
+    deliveries = [*sample_deliveries(), delivery_of(BROKEN_BODY)]
+    serial = rebuilt(tmp_path / "serial.sqlite3", deliveries)
+    conn = open_projected(db_path)
+    log.append_batch(conn, deliveries)
+    monkeypatch.setattr(projection, "PARALLEL_FROM", 0)
+    spawned: list[object] = []
+    real_executor = projection.ProcessPoolExecutor
+
+    def counting_executor(*args: Any, **kwargs: Any) -> Any:
+        spawned.append(kwargs.get("mp_context"))
+        return real_executor(*args, **kwargs)
+
+    monkeypatch.setattr(projection, "ProcessPoolExecutor", counting_executor)
+    assert projection.rebuild(conn, chunk=50) == len(deliveries)
+    assert len(spawned) == 1
+    assert read_models(conn) == serial
+    assert positions(conn) == dict.fromkeys(NAMES, len(deliveries))
+
+
 # --- order independence, at storage level --------------------------------------------------
 
 
