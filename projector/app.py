@@ -89,7 +89,16 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
         middlewares=[api.json_errors, api.bearer_auth(settings.read_tokens), api.etag(answers)],
     )
     wake = asyncio.Event()
-    lane = WriteLane(settings.db, settings.max_pending, on_commit=wake.set)
+
+    def committed(projected: bool) -> None:
+        if projected:  # folded in the commit: the answers change now, nothing is left to do
+            answers.read_models_changed()
+        else:
+            wake.set()
+
+    lane = WriteLane(
+        settings.db, settings.max_pending, committed, project=projection.project_appended
+    )
     readers = ReaderPool(settings.db)
     app[api.READERS] = readers
 

@@ -302,41 +302,46 @@ def _first_seqs(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
 
 def append_batch(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[Appended]:
     """Append deliveries in one transaction; returns once the commit is durable."""
-    results: list[Appended] = []
     # With synchronous=FULL the COMMIT at the end of this block returns only after the WAL is
     # fsynced: one fsync for the whole batch is what makes group commit pay.
     with transaction(conn):
-        seq, previous = head_hash(conn)
-        # One query for every key in the batch, one executemany for every row: each SQLite
-        # call gives up the GIL and must win it back from the busy event loop, so calls per
-        # batch, not per row, keep the writer quick.
-        first_seen = _first_seqs(conn, list({delivery.event_key for delivery in batch}))
-        rows: list[tuple[Any, ...]] = []
-        for delivery in batch:
-            seq += 1
-            first = first_seen.setdefault(delivery.event_key, seq)
-            duplicate_of = None if first == seq else first  # the first of its event: None
-            content = (
-                seq,
-                delivery.received_at,
-                delivery.environment,
-                delivery.key_id,
-                delivery.signed_as,
-                json.dumps(delivery.headers, sort_keys=True),
-                delivery.body,
-                delivery.event,
-                delivery.kind,
-                delivery.linked_account_id,
-                delivery.slug,
-                delivery.instance_id,
-                delivery.event_key,
-                json.dumps(list(delivery.flags)),
-                duplicate_of,
-            )
-            previous = row_hash(previous, content)
-            rows.append((*content, previous))
-            results.append(Appended(seq, duplicate_of))
-        insert_many(conn, _INSERT_DELIVERY, rows)
+        return append_rows(conn, batch)
+
+
+def append_rows(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[Appended]:
+    """Append deliveries inside the caller's write transaction (BEGIN IMMEDIATE)."""
+    results: list[Appended] = []
+    seq, previous = head_hash(conn)
+    # One query for every key in the batch, one executemany for every row: each SQLite
+    # call gives up the GIL and must win it back from the busy event loop, so calls per
+    # batch, not per row, keep the writer quick.
+    first_seen = _first_seqs(conn, list({delivery.event_key for delivery in batch}))
+    rows: list[tuple[Any, ...]] = []
+    for delivery in batch:
+        seq += 1
+        first = first_seen.setdefault(delivery.event_key, seq)
+        duplicate_of = None if first == seq else first  # the first of its event: None
+        content = (
+            seq,
+            delivery.received_at,
+            delivery.environment,
+            delivery.key_id,
+            delivery.signed_as,
+            json.dumps(delivery.headers, sort_keys=True),
+            delivery.body,
+            delivery.event,
+            delivery.kind,
+            delivery.linked_account_id,
+            delivery.slug,
+            delivery.instance_id,
+            delivery.event_key,
+            json.dumps(list(delivery.flags)),
+            duplicate_of,
+        )
+        previous = row_hash(previous, content)
+        rows.append((*content, previous))
+        results.append(Appended(seq, duplicate_of))
+    insert_many(conn, _INSERT_DELIVERY, rows)
     return results
 
 

@@ -122,6 +122,8 @@ def _fold_changes(
 def _record_errors(
     conn: sqlite3.Connection, name: str, generation: int, errors: Sequence[FoldError]
 ) -> None:
+    if not errors:
+        return  # every SQLite call gives up the GIL and waits to win it back: skip this one
     for error in errors:
         logger.error("fold_failed", projection=name, seq=error.seq, error=error.error)
     conn.executemany(
@@ -159,27 +161,57 @@ def _catch_up(conn: sqlite3.Connection, limit: int, known: Mapping[int, log.Comm
     with log.transaction(conn):
         # Positions are read inside the transaction: a concurrent `projector rebuild` may
         # have swapped in new tables and positions since the last batch.
-        positions = {
-            name: (position, generation)
-            for name, position, generation in conn.execute(
-                "SELECT name, position, generation FROM projections"
-            )
-        }
+        positions = _positions(conn)
         start = int(min(position for position, _ in positions.values()))
         end = min(log.head(conn), start + limit)
         if all(seq in known for seq in range(start + 1, end + 1)):
             read = _known_changes(known, start, end)
         else:  # appended by another process, or before a restart: read and parse the log
             read = _read_changes(log.read_after(conn, start, end - start))
-        for model in READ_MODELS:
-            position, generation = positions[model.name]
-            if position >= end:
-                continue
-            errors = _fold_changes(conn, model, model.table, read, after=position)
-            _record_errors(conn, model.name, generation, errors)
-            # The checkpoint moves in the same transaction as the rows it covers.
-            conn.execute("UPDATE projections SET position = ? WHERE name = ?", (end, model.name))
+        _fold_range(conn, positions, end, read)
     return end - start
+
+
+def project_appended(conn: sqlite3.Connection, known: Mapping[int, log.Committed]) -> bool:
+    """Fold deliveries just appended in the caller's transaction; False if it cannot.
+
+    It folds only when every projection stands right before them; otherwise (a backlog, a
+    rebuild's swap) catch_up_batch folds them later, from the log.
+    """
+    positions = _positions(conn)
+    first, last = min(known), max(known)
+    if any(position != first - 1 for position, _ in positions.values()):
+        return False
+    _fold_range(conn, positions, last, _known_changes(known, first - 1, last))
+    return True
+
+
+def _positions(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    rows = conn.execute("SELECT name, position, generation FROM projections")
+    return {name: (position, generation) for name, position, generation in rows}
+
+
+def _fold_range(
+    conn: sqlite3.Connection,
+    positions: Mapping[str, tuple[int, int]],
+    end: int,
+    read: tuple[Changes, list[FoldError]],
+) -> None:
+    """Fold `read` (changes up to seq `end`) into each projection past its position."""
+    moved = []
+    for model in READ_MODELS:
+        position, generation = positions[model.name]
+        if position >= end:
+            continue
+        errors = _fold_changes(conn, model, model.table, read, after=position)
+        _record_errors(conn, model.name, generation, errors)
+        moved.append(model.name)
+    # The checkpoints move in the same transaction as the rows they cover.
+    if moved:
+        conn.execute(
+            f"UPDATE projections SET position = ? WHERE name IN ({', '.join('?' * len(moved))})",
+            (end, *moved),
+        )
 
 
 # Read-model rows per rebuild transaction: each holds the write lock for a few

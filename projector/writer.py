@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
 import sqlite3
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -20,6 +23,10 @@ logger = structlog.get_logger("projector.writer")
 MAX_BATCH = 256
 MAX_COMMITTED = 20_000
 
+# Folds deliveries appended in the current transaction into the read models; False when it
+# leaves them to the projector (projection.project_appended).
+ProjectAppended = Callable[[sqlite3.Connection, Mapping[int, log.Committed]], bool]
+
 
 class Overloaded(Exception):
     """More deliveries are waiting for the writer than the configured bound."""
@@ -29,99 +36,231 @@ class StorageUnavailable(Exception):
     """The log could not commit; nothing from that batch was stored."""
 
 
-class WriteLane:
-    """Serialises all writes on one SQLite connection in one thread.
+@dataclass(frozen=True)
+class _Append:
+    delivery: log.NewDelivery
+    future: asyncio.Future[log.Appended]
 
-    Appends wait in a queue; the lane takes everything waiting, commits it as one
-    transaction with one fsync, and only then resolves each caller's future.
+
+@dataclass(frozen=True)
+class _Job:
+    run: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+
+
+_STOP = object()  # the last item the writer thread takes: it closes the connection and ends
+
+
+class WriteLane:
+    """Serialises all writes on one SQLite connection in one thread of its own.
+
+    Appends and jobs wait in a queue. The thread takes every append waiting, commits them
+    as one transaction with one fsync, hands the results to the event loop, and goes
+    straight on to the next batch: the loop is not needed between commits. Only after the
+    commit does a caller's future resolve. With `project`, the same transaction folds the
+    batch into the read models too.
     """
 
-    def __init__(self, path: Path, max_pending: int, on_commit: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_pending: int,
+        on_commit: Callable[[bool], None],
+        project: ProjectAppended | None = None,
+    ) -> None:
         self._path = path
         self._max_pending = max_pending
-        self._on_commit = on_commit
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="projector-writer")
-        self._queue: asyncio.Queue[tuple[log.NewDelivery, asyncio.Future[log.Appended]]] = (
-            asyncio.Queue()
-        )
+        self._on_commit = on_commit  # told whether the commit folded its batch
+        self._project = project
+        self._inbox: queue.SimpleQueue[_Append | _Job | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future[None] | None = None
         self._conn: sqlite3.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._pending = 0
         self._closing = False
         self._committed: dict[int, log.Committed] = {}
 
     async def open(self) -> None:
-        """Open the connection in the writer thread and start taking appends."""
-        self._conn = await self._in_thread(lambda: log.connect(self._path))
-        self._task = asyncio.create_task(self._commit_loop(), name="projector-writer")
+        """Start the thread; returns once it has opened its connection."""
+        self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
+        opened: asyncio.Future[sqlite3.Connection] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._serve, args=(opened,), name="projector-writer", daemon=True
+        )
+        self._thread.start()
+        self._conn = await opened
 
     async def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run `job(connection)` in the writer thread, in turn with the appends."""
-        conn = self._conn
-        if conn is None:
+        if self._loop is None or self._stopped is None or self._stopped.done():
             raise RuntimeError("the write lane is not open")
-        return await self._in_thread(lambda: job(conn))
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._inbox.put(_Job(job, future))
+        return await future
 
     async def append(self, delivery: log.NewDelivery) -> log.Appended:
         """Append one delivery; returns after its commit is durable."""
-        if self._closing or self._task is None or self._task.done():
+        if self._closing or self._loop is None or self._stopped is None or self._stopped.done():
             raise StorageUnavailable("the write lane is closed")
-        if self._queue.qsize() >= self._max_pending:
-            raise Overloaded(f"{self._queue.qsize()} deliveries are waiting for the writer")
-        future: asyncio.Future[log.Appended] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((delivery, future))
+        if self._pending >= self._max_pending:
+            raise Overloaded(f"{self._pending} deliveries are waiting for the writer")
+        future: asyncio.Future[log.Appended] = self._loop.create_future()
+        self._pending += 1
+        self._inbox.put(_Append(delivery, future))
         return await future
 
     def take_committed(self) -> dict[int, log.Committed]:
-        """What was committed since the last call, by seq, for the projector."""
+        """What was committed but not folded since the last call, by seq, for the projector."""
         committed, self._committed = self._committed, {}
         return committed
 
     @property
     def pending(self) -> int:
         """Deliveries waiting for a commit."""
-        return self._queue.qsize()
+        return self._pending
 
     async def close(self) -> None:
-        """Commit what is queued, then stop the thread and close the connection."""
+        """Commit what is queued, then close the connection and stop the thread."""
         self._closing = True  # appends from here on are refused, so the queue can drain
-        if self._task is not None:
-            await self._queue.join()
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._conn is not None:
-            await self._in_thread(self._conn.close)
-            self._conn = None
-        self._executor.shutdown(wait=True)
+        if self._stopped is not None and not self._stopped.done():
+            self._inbox.put(_STOP)  # after everything already queued
+            await self._stopped
+        self._conn = None
 
-    async def _in_thread(self, job: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+    # --- the writer thread ----------------------------------------------------------------
 
-    async def _commit_loop(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._commit(batch)
-            for _ in batch:
-                self._queue.task_done()
-
-    async def _commit(
-        self, batch: list[tuple[log.NewDelivery, asyncio.Future[log.Appended]]]
-    ) -> None:
-        deliveries = [delivery for delivery, _ in batch]
+    def _serve(self, opened: asyncio.Future[sqlite3.Connection]) -> None:
         try:
-            results = await self.run(lambda conn: log.append_batch(conn, deliveries))
+            conn = log.connect(self._path)
+        except BaseException as exc:
+            self._to_loop(_settle_job, opened, None, exc)
+            self._to_loop(_settle_job, self._stopped, None, None)
+            return
+        self._to_loop(_settle_job, opened, conn, None)
+        try:
+            self._take_items(conn)
+        finally:
+            conn.close()
+            # Anything still queued (only if this thread failed) is refused, not left hanging.
+            while True:
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, _Append):
+                    self._to_loop(self._settle_failed, [item], StorageUnavailable("stopped"))
+                elif isinstance(item, _Job):
+                    self._to_loop(_settle_job, item.future, None, StorageUnavailable("stopped"))
+            self._to_loop(_settle_job, self._stopped, None, None)
+
+    def _take_items(self, conn: sqlite3.Connection) -> None:
+        """Run jobs and commit batches of appends, in the order they came, until _STOP."""
+        item = self._inbox.get()
+        while item is not _STOP:
+            if isinstance(item, _Job):
+                try:
+                    result = item.run(conn)
+                except BaseException as exc:  # handed to the caller, who decides
+                    self._to_loop(_settle_job, item.future, None, exc)
+                else:
+                    self._to_loop(_settle_job, item.future, result, None)
+                item = self._inbox.get()
+            elif isinstance(item, _Append):
+                batch = [item]
+                taken = self._gather(batch)
+                self._commit(conn, batch)
+                item = self._inbox.get() if taken is None else taken
+
+    def _gather(self, batch: list[_Append]) -> object | None:
+        """Add the appends queued right behind `batch[0]`; returns another item taken, if any."""
+        while len(batch) < MAX_BATCH:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return None
+            if not isinstance(item, _Append):
+                return item
+            batch.append(item)
+        return None
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Append]) -> None:
+        deliveries = [append.delivery for append in batch]
+        try:
+            results, projected = self._append(conn, deliveries)
         except Exception as exc:  # disk full, I/O error, lock timeout: all mean 503, retry later
             logger.error("append_failed", deliveries=len(batch), error=str(exc))
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(StorageUnavailable(str(exc)))
+            self._to_loop(self._settle_failed, batch, StorageUnavailable(str(exc)))
             return
-        for (delivery, future), result in zip(batch, results, strict=True):
+        self._to_loop(self._settle_committed, batch, results, projected)
+
+    def _append(
+        self, conn: sqlite3.Connection, deliveries: list[log.NewDelivery]
+    ) -> tuple[list[log.Appended], bool]:
+        """Append (and fold, if it can) in one transaction: one fsync covers both."""
+        with log.transaction(conn):
+            results = log.append_rows(conn, deliveries)
+            projected = self._project_in(conn, deliveries, results)
+        return results, projected
+
+    def _project_in(
+        self,
+        conn: sqlite3.Connection,
+        deliveries: list[log.NewDelivery],
+        results: list[log.Appended],
+    ) -> bool:
+        if self._project is None:
+            return False
+        known = {
+            result.seq: log.Committed(result.duplicate_of, delivery.change)
+            for delivery, result in zip(deliveries, results, strict=True)
+        }
+        # A savepoint: if folding fails, the deliveries still commit, unfolded, and the
+        # projector folds them later from the log. Storing never waits on a read model.
+        conn.execute("SAVEPOINT project_appended")
+        try:
+            projected = self._project(conn, known)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO project_appended")
+            logger.error("projection_in_commit_failed", error=str(exc))
+            projected = False
+        conn.execute("RELEASE project_appended")
+        return projected
+
+    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        # RuntimeError: the loop has closed, so nobody is left waiting for the answer.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    # --- back on the event loop -----------------------------------------------------------
+
+    def _settle_committed(
+        self, batch: list[_Append], results: list[log.Appended], projected: bool
+    ) -> None:
+        self._pending -= len(batch)
+        for append, result in zip(batch, results, strict=True):
             # A caller that went away still had its delivery stored; the sender will retry.
-            if not future.done():
-                future.set_result(result)
+            if not append.future.done():
+                append.future.set_result(result)
             # Bounded: if the projector falls far behind, it parses the rest from the log.
-            if len(self._committed) < MAX_COMMITTED:
-                self._committed[result.seq] = log.Committed(result.duplicate_of, delivery.change)
-        self._on_commit()
+            if not projected and len(self._committed) < MAX_COMMITTED:
+                change = append.delivery.change
+                self._committed[result.seq] = log.Committed(result.duplicate_of, change)
+        self._on_commit(projected)
+
+    def _settle_failed(self, batch: list[_Append], error: StorageUnavailable) -> None:
+        self._pending -= len(batch)
+        for append in batch:
+            if not append.future.done():
+                append.future.set_exception(error)
+
+
+def _settle_job(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

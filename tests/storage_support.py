@@ -74,3 +74,13 @@ def table_rows(conn: sqlite3.Connection, table: str) -> list[tuple[Any, ...]]:
 def read_models(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
     """Both read-model tables, in a fixed order."""
     return {table: table_rows(conn, table) for table in ("connections", "workflow_runs")}
+
+
+def rebuilt(path: Path, deliveries: list[log.NewDelivery]) -> dict[str, list[tuple[Any, ...]]]:
+    """The read models a fresh log of `deliveries` rebuilds to."""
+    conn = open_log(path)
+    log.append_batch(conn, deliveries)
+    projection.rebuild(conn)
+    tables = read_models(conn)
+    conn.close()
+    return tables

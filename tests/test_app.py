@@ -18,7 +18,7 @@ async def test_the_projector_stops_when_cancelled_just_as_a_commit_wakes_it(
 ) -> None:
     """A cancel that lands with a wake-up is not swallowed, so shutdown cannot hang."""
     wake = asyncio.Event()
-    lane = WriteLane(db_path, max_pending=10, on_commit=wake.set)
+    lane = WriteLane(db_path, max_pending=10, on_commit=lambda projected: wake.set())
     await lane.open()
     try:
         await open_storage(lane)

@@ -31,6 +31,7 @@ from tests.storage_support import (
     open_log,
     open_projected,
     read_models,
+    rebuilt,
     sample_deliveries,
 )
 from tests.support import (
@@ -54,16 +55,6 @@ BROKEN_BODY = (
 def positions(conn: sqlite3.Connection) -> dict[str, int]:
     """Each projection's position."""
     return {s.name: s.position for s in projection.statuses(conn)}
-
-
-def rebuilt(path: Path, deliveries: list[log.NewDelivery]) -> dict[str, list[tuple[Any, ...]]]:
-    """The read models a fresh log of `deliveries` rebuilds to."""
-    conn = open_log(path)
-    log.append_batch(conn, deliveries)
-    projection.rebuild(conn)
-    tables = read_models(conn)
-    conn.close()
-    return tables
 
 
 def test_prepare_reports_every_projection_stale_on_a_fresh_database(db_path: Path) -> None:

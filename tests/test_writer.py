@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from projector import log
-from projector.writer import Overloaded, StorageUnavailable, WriteLane
-from tests.storage_support import open_log, sample_deliveries
+from projector import log, projection
+from projector.writer import Overloaded, ProjectAppended, StorageUnavailable, WriteLane
+from tests.storage_support import (
+    catch_up,
+    open_log,
+    open_projected,
+    read_models,
+    rebuilt,
+    sample_deliveries,
+)
 
 DELIVERIES = sample_deliveries()
 
@@ -23,7 +30,7 @@ class Commits:
     def __init__(self) -> None:
         self.count = 0
 
-    def __call__(self) -> None:
+    def __call__(self, projected: bool) -> None:
         self.count += 1
 
 
@@ -190,3 +197,91 @@ async def test_run_before_open_raises(db_path: Path) -> None:
     with pytest.raises(RuntimeError, match="not open"):
         await lane.run(log.head)
     await lane.close()
+
+
+# --- folding in the commit -------------------------------------------------------------------
+
+
+class Projections:
+    """on_commit for a lane that folds: records whether each commit folded its batch."""
+
+    def __init__(self) -> None:
+        self.folded: list[bool] = []
+
+    def __call__(self, projected: bool) -> None:
+        self.folded.append(projected)
+
+
+async def projecting_lane(
+    path: Path, on_commit: Projections, project: ProjectAppended
+) -> WriteLane:
+    open_projected(path).close()
+    lane = WriteLane(path, 10_000, on_commit, project=project)
+    await lane.open()
+    return lane
+
+
+async def test_a_lane_that_projects_has_folded_each_delivery_when_its_append_returns(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """No projection lag: the commit that stores a batch folds it too, in one transaction."""
+    folded = Projections()
+    lane = await projecting_lane(db_path, folded, projection.project_appended)
+    try:
+        for start in range(0, 120, 30):
+            await asyncio.gather(*(lane.append(d) for d in DELIVERIES[start : start + 30]))
+            tables = await lane.run(read_models)
+            assert tables == rebuilt(
+                tmp_path / f"expected-{start}.sqlite3", DELIVERIES[: start + 30]
+            )
+        assert folded.folded
+        assert all(folded.folded)
+        assert lane.take_committed() == {}  # nothing is left for the projector
+    finally:
+        await lane.close()
+
+
+async def test_a_fold_that_fails_in_the_commit_still_stores_the_deliveries(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """A read-model failure never costs a delivery: it commits unfolded, for the projector."""
+
+    def broken(conn: sqlite3.Connection, known: Mapping[int, log.Committed]) -> bool:
+        projection.project_appended(conn, known)  # writes, then fails: all of it rolls back
+        raise sqlite3.OperationalError("read model broken")
+
+    folded = Projections()
+    lane = await projecting_lane(db_path, folded, broken)
+    try:
+        results = await asyncio.gather(*(lane.append(d) for d in DELIVERIES[:40]))
+        assert stored_seqs(db_path) == sorted(r.seq for r in results) == list(range(1, 41))
+        assert folded.folded
+        assert not any(folded.folded)
+        assert sorted(lane.take_committed()) == list(range(1, 41))  # for the projector
+        assert await lane.run(read_models) == {"connections": [], "workflow_runs": []}
+        await lane.run(catch_up)
+        assert await lane.run(read_models) == rebuilt(tmp_path / "x.sqlite3", DELIVERIES[:40])
+    finally:
+        await lane.close()
+
+
+async def test_a_lane_behind_its_projections_leaves_the_fold_to_the_projector(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """Deliveries logged while the projections lag (another process) are not folded out of
+    order: the commit skips its fold and the projector catches up from the log."""
+    other = open_projected(db_path)
+    log.append_batch(other, DELIVERIES[:10])  # appended, not folded
+    other.close()
+    folded = Projections()
+    lane = WriteLane(db_path, 10_000, folded, project=projection.project_appended)
+    await lane.open()
+    try:
+        await lane.append(DELIVERIES[10])
+        assert folded.folded == [False]
+        await lane.run(catch_up)
+        assert await lane.run(read_models) == rebuilt(tmp_path / "x.sqlite3", DELIVERIES[:11])
+        await lane.append(DELIVERIES[11])  # caught up again: this one is folded in its commit
+        assert folded.folded == [False, True]
+    finally:
+        await lane.close()

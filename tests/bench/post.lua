@@ -25,9 +25,10 @@ function request()
   return requests[next_index]
 end
 
--- A pause after each answer turns the closed loop into a steady, lower rate.
+-- A pause after each answer turns the closed loop into a steady, lower rate. Random (its
+-- mean is the given pause), so the connections do not fall into step and arrive in waves.
 function delay()
-  return pause
+  return math.random(0, 2 * pause)
 end
 
 function done(summary, latency, requests_)
