@@ -268,6 +268,8 @@ def head(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
+# Built once (json.dumps with keywords builds an encoder per call); the writer uses it per row.
+_SORTED_JSON = json.JSONEncoder(sort_keys=True)
 _INSERT_DELIVERY = f"INSERT INTO deliveries ({', '.join(HASHED_COLUMNS)}, row_hash)"
 
 
@@ -327,7 +329,7 @@ def append_rows(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[
             delivery.environment,
             delivery.key_id,
             delivery.signed_as,
-            json.dumps(delivery.headers, sort_keys=True),
+            _SORTED_JSON.encode(delivery.headers),
             delivery.body,
             delivery.event,
             delivery.kind,
@@ -335,7 +337,7 @@ def append_rows(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[
             delivery.slug,
             delivery.instance_id,
             delivery.event_key,
-            json.dumps(list(delivery.flags)),
+            "[]" if not delivery.flags else json.dumps(list(delivery.flags)),
             duplicate_of,
         )
         previous = row_hash(previous, content)
