@@ -368,12 +368,12 @@ def _states_in_key_order(
     The sort uses the key columns the log stored; a row whose change the current code
     reads under another key or model (or cannot read) goes to `strays` instead.
     """
-    key = ", ".join(model.key_columns)
+    columns = ", ".join(model.key_columns)
     rows = reader.execute(
-        f"SELECT seq, environment, body, {key} FROM deliveries"
+        f"SELECT seq, environment, body, {columns} FROM deliveries"
         " WHERE kind = ? AND duplicate_of IS NULL AND seq <= ?"
         # `+`: a scan and one sort, rather than an index walk with a random read per row.
-        f" ORDER BY +{key}",
+        f" ORDER BY +{columns}",
         (model.kind, head),
     )
     current: tuple[Any, ...] | None = None
@@ -386,13 +386,14 @@ def _states_in_key_order(
             continue
         if change is None:
             continue  # flagged: skipped, as the live projector skips it
-        if not isinstance(change, model.change_type) or model.key_of(change) != tuple(stored):
+        key = model.key_of(change) if isinstance(change, model.change_type) else None
+        if key != tuple(stored):
             strays.append(seq)
             continue
-        if model.key_of(change) != current:
+        if key != current:
             if state is not None:
                 yield state
-            current, state = model.key_of(change), None
+            current, state = key, None
         try:
             state = model.fold(state, change)
         except Exception as exc:  # a fold bug must not stop the rebuild (invariant 5)

@@ -76,7 +76,6 @@ class WriteLane:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Future[None] | None = None
-        self._conn: sqlite3.Connection | None = None
         self._pending = 0
         self._closing = False
         self._committed: dict[int, log.Committed] = {}
@@ -90,7 +89,7 @@ class WriteLane:
             target=self._serve, args=(opened,), name="projector-writer", daemon=True
         )
         self._thread.start()
-        self._conn = await opened
+        await opened
 
     async def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run `job(connection)` in the writer thread, in turn with the appends."""
@@ -127,7 +126,6 @@ class WriteLane:
         if self._stopped is not None and not self._stopped.done():
             self._inbox.put(_STOP)  # after everything already queued
             await self._stopped
-        self._conn = None
 
     # --- the writer thread ----------------------------------------------------------------
 
