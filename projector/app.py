@@ -11,7 +11,7 @@ from functools import partial
 import structlog
 from aiohttp import web
 
-from projector import api, log, projection
+from projector import api, log, projection, replay
 from projector.answercache import AnswerCache
 from projector.config import Settings
 from projector.queries import ReaderPool
@@ -75,7 +75,7 @@ async def open_storage(lane: WriteLane) -> None:
     if stale:
         # New database, or a release changed a fold: the read models are rebuilt from the log.
         logger.info("projections_rebuilding", projections=stale, reason="new or version changed")
-        await lane.run(projection.rebuild)
+        await lane.run(replay.rebuild)
 
 
 def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> web.Application:

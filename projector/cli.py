@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from projector import integrity, log, projection, queries, schemas
+from projector import integrity, log, projection, queries, replay, schemas
 from projector.app import build_app
 from projector.config import ConfigError, Settings, load_settings, normalise_environment
 from projector.logs import configure_logging
@@ -133,7 +133,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     conn = log.connect(settings.db)
     try:
         log.migrate(conn)
-        head = projection.rebuild(conn)
+        head = replay.rebuild(conn)
         for state in projection.statuses(conn):
             print(
                 f"{state.name}: version {state.version}, position {state.position}, "
@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    except projection.RebuildSuperseded as exc:
+    except replay.RebuildSuperseded as exc:
         print(f"projector: {exc}", file=sys.stderr)
         return 1
 

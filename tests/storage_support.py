@@ -7,9 +7,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from projector import log, projection
+from projector import log, projection, replay
 from projector.config import fingerprint
-from projector.events import parse_delivery
+from projector.events import ConnectionChange, parse_delivery
+from projector.fold import ConnectionHealth, fold_connection
+from projector.readmodels import READ_MODELS
 from projector.sender import environment_of
 from tests.support import KEY_BY_ENVIRONMENT, sample_bodies
 
@@ -50,7 +52,7 @@ def open_projected(path: Path) -> sqlite3.Connection:
     """A writer connection on a migrated log whose projections exist (as start-up leaves it)."""
     conn = open_log(path)
     projection.prepare(conn)
-    projection.rebuild(conn)
+    replay.rebuild(conn)
     return conn
 
 
@@ -80,7 +82,28 @@ def rebuilt(path: Path, deliveries: list[log.NewDelivery]) -> dict[str, list[tup
     """The read models a fresh log of `deliveries` rebuilds to."""
     conn = open_log(path)
     log.append_batch(conn, deliveries)
-    projection.rebuild(conn)
+    replay.rebuild(conn)
     tables = read_models(conn)
     conn.close()
     return tables
+
+
+# --- a read model whose fold fails on one connection ----------------------------------------
+
+NAMES = sorted(model.name for model in READ_MODELS)
+BROKEN_SLUG = "brokenapp"
+BROKEN_BODY = (
+    b'{"linked_account_id":"acct_broken","org_id":"o","environment":"live","type":"General",'
+    b'"event":"Connection Created","slug":"brokenapp","createdAt":"Mon, 01 Jun 2026 05:42:56 GMT"}'
+)
+
+
+def positions(conn: sqlite3.Connection) -> dict[str, int]:
+    """Each projection's position."""
+    return {s.name: s.position for s in projection.statuses(conn)}
+
+
+def fail_on_broken_slug(state: ConnectionHealth | None, change: ConnectionChange) -> Any:
+    if change.slug == BROKEN_SLUG:
+        raise RuntimeError(f"fold bug on {change.slug}")
+    return fold_connection(state, change)
