@@ -13,8 +13,8 @@ from typing import Any
 import aiosqlite
 
 from projector import answers, log
-from projector.events import load_json_object
 from projector.integrity import GENESIS_HASH
+from projector.json_body import load_json_object
 from projector.projection import STATUS_QUERY
 
 

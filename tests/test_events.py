@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from projector.events import (
     CONNECTION_STATUS_BY_EVENT,
-    MAX_DEPTH,
     WORKFLOW_STATUS_BY_EVENT,
     ConnectionChange,
     ConnectionEventPayload,
@@ -25,6 +24,7 @@ from projector.events import (
     parse_delivery,
     parse_instant,
 )
+from projector.json_body import MAX_DEPTH
 from tests.support import sample_bodies
 
 CONNECTION_EXAMPLE = (
