@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     path = RESULTS / f"{report['when'].replace(':', '')}.json"
     path.write_text(json.dumps(report, indent=1))
-    print(probes.table(summary, args.log_size))
+    print(probes.table(summary, rounds, args.log_size))
     print(f"\nwritten to {path.relative_to(REPO)}")
     return 0
 
