@@ -83,8 +83,8 @@ class ReaderPool:
 
         Not lent out one answer at a time: a lent connection would sit idle from its last
         row until the busy event loop got back to its answer. Shared, its thread runs the
-        next answer's statement straight away. Every read is one statement (one snapshot),
-        so answers sharing a connection cannot see each other.
+        next answer's statement straight away. Each statement is its own snapshot (no read
+        transaction spans two), lent or shared, so sharing changes nothing an answer sees.
         """
         if not self._all:
             raise RuntimeError("the reader pool is not open")
