@@ -20,6 +20,7 @@ from projector.http import ApiError, Handler, error_response, json_answer
 logger = structlog.get_logger("projector.api")
 
 READERS = web.AppKey("readers", queries.ReaderPool)
+ACCOUNT_READS = web.AppKey("account_reads", queries.AccountReads)
 _STATUS_VALUE = re.compile(r"[a-z_]{1,40}")
 _SEQ_VALUE = re.compile(r"[0-9]{1,18}")
 _LIMIT_VALUE = re.compile(r"[0-9]{1,4}")
@@ -99,10 +100,9 @@ def _cursor_checked() -> Iterator[None]:
 
 async def account_connections(request: web.Request) -> web.Response:
     params = _params(request, ())
-    async with request.app[READERS].connection() as conn:
-        answer = await queries.account_connections(
-            conn, _environment(params), request.match_info["linked_account_id"]
-        )
+    answer = await queries.account_connections(
+        request.app[ACCOUNT_READS], _environment(params), request.match_info["linked_account_id"]
+    )
     return json_answer(answer)
 
 

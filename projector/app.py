@@ -11,7 +11,7 @@ from functools import partial
 import structlog
 from aiohttp import web
 
-from projector import api, log, projection, replay
+from projector import api, log, projection, queries, replay
 from projector.answercache import AnswerCache
 from projector.config import Settings
 from projector.queries import ReaderPool
@@ -101,6 +101,7 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
     )
     readers = ReaderPool(settings.db)
     app[api.READERS] = readers
+    app[api.ACCOUNT_READS] = queries.AccountReads(readers)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await lane.open()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -98,17 +99,88 @@ async def _rows(conn: aiosqlite.Connection, sql: str, *params: Any) -> list[Any]
     return list(await conn.execute_fetchall(sql, params))
 
 
+# Accounts per shared query: two bound values each, far below SQLite's 32,766.
+MAX_SHARED = 500
+Waiting = dict[tuple[str, str], list[asyncio.Future[list[Any]]]]
+
+
+class AccountReads:
+    """Banner reads that arrive together share one query: one trip to a reader thread.
+
+    Each trip costs the busy event loop a future, a cross-thread wake-up and a GIL handoff;
+    under load a dozen banner reads are often waiting at once, and pay that once.
+    """
+
+    def __init__(self, readers: ReaderPool) -> None:
+        self._readers = readers
+        self._waiting: Waiting = {}
+        self._flush_due = False
+        self._loading: set[asyncio.Task[None]] = set()  # held: the loop keeps weak refs only
+
+    async def rows(self, environment: str, account: str) -> list[Any]:
+        """The account's connection rows, read in a query shared with reads waiting too."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._waiting.setdefault((environment, account), []).append(future)
+        if not self._flush_due:
+            # After this loop turn: every request that became ready with this one joins in.
+            self._flush_due = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        waiting, self._waiting = self._waiting, {}
+        keys = list(waiting)
+        for start in range(0, len(keys), MAX_SHARED):
+            part = {key: waiting[key] for key in keys[start : start + MAX_SHARED]}
+            task = asyncio.get_running_loop().create_task(self._load(part))
+            self._loading.add(task)
+            task.add_done_callback(self._loading.discard)
+
+    async def _load(self, waiting: Waiting) -> None:
+        try:
+            pairs = ", ".join(["(?, ?)"] * len(waiting))
+            async with self._readers.connection() as conn:
+                rows = await _rows(
+                    conn,
+                    "SELECT c.environment, c.linked_account_id, c.slug, c.status, c.status_since,"
+                    " c.type, c.first_seen, c.last_seen"
+                    f" FROM (VALUES {pairs}) AS k CROSS JOIN connections AS c"
+                    " ON c.environment = k.column1 AND c.linked_account_id = k.column2"
+                    " ORDER BY c.environment, c.linked_account_id, c.slug",
+                    *[value for key in waiting for value in key],
+                )
+        except BaseException as exc:  # no read may be left waiting: each gets the error
+            _fail(waiting, exc)
+            if not isinstance(exc, Exception):
+                raise  # cancelled (shutdown): its readers were cancelled above
+            return
+        found: dict[tuple[str, str], list[Any]] = {}
+        for environment, account, *row in rows:
+            found.setdefault((environment, account), []).append(tuple(row))
+        for key, futures in waiting.items():
+            for future in futures:
+                if not future.done():
+                    future.set_result(found.get(key, []))
+
+
+def _fail(waiting: Waiting, error: BaseException) -> None:
+    for futures in waiting.values():
+        for future in futures:
+            if future.done():
+                continue
+            if isinstance(error, Exception):
+                future.set_exception(error)
+            else:
+                future.cancel()
+
+
 async def account_connections(
-    conn: aiosqlite.Connection, environment: str, account: str
+    reads: AccountReads, environment: str, account: str
 ) -> answers.AccountConnections:
     """Every connection of one account; an unknown account has none."""
-    rows = await _rows(
-        conn,
-        "SELECT slug, status, status_since, type, first_seen, last_seen FROM connections"
-        " WHERE environment = ? AND linked_account_id = ? ORDER BY slug",
-        environment,
-        account,
-    )
+    rows = await reads.rows(environment, account)
     # model_construct: these rows are the fold's own output, so validating them again would
     # only cost the busiest query its time (the answer is the same JSON).
     connections = [

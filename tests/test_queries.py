@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import sqlite3
@@ -34,6 +35,12 @@ def populated(db_path: Path) -> Path:
 async def reader(populated: Path) -> AsyncIterator[aiosqlite.Connection]:
     async with ReaderPool(populated) as pool, pool.connection() as conn:
         yield conn
+
+
+@pytest.fixture
+async def account_reads(populated: Path) -> AsyncIterator[queries.AccountReads]:
+    async with ReaderPool(populated) as pool:
+        yield queries.AccountReads(pool)
 
 
 def direct(path: Path, sql: str, *params: Any) -> list[Any]:
@@ -154,17 +161,17 @@ async def test_readers_see_deliveries_committed_after_they_opened(populated: Pat
 
 
 async def test_an_unknown_account_has_no_connections_and_needs_no_reconnect(
-    reader: aiosqlite.Connection,
+    account_reads: queries.AccountReads,
 ) -> None:
     """account_connections answers an empty list for an account never seen."""
-    answer = await queries.account_connections(reader, "live", "nobody-at-all")
+    answer = await queries.account_connections(account_reads, "live", "nobody-at-all")
     assert answer.connections == []
     assert answer.needs_reconnect is False
     assert (answer.linked_account_id, answer.environment) == ("nobody-at-all", "live")
 
 
 async def test_needs_reconnect_is_true_exactly_when_a_connection_is_expired(
-    reader: aiosqlite.Connection, populated: Path
+    account_reads: queries.AccountReads, populated: Path
 ) -> None:
     """For every account, the banner flag equals 'some connection is expired'."""
     accounts = direct(
@@ -174,7 +181,7 @@ async def test_needs_reconnect_is_true_exactly_when_a_connection_is_expired(
     )
     assert {flag for _, _, flag in accounts} == {0, 1}
     for environment, account, expired in accounts:
-        answer = await queries.account_connections(reader, environment, account)
+        answer = await queries.account_connections(account_reads, environment, account)
         assert answer.needs_reconnect is bool(expired), (environment, account)
         assert answer.connections
         assert all(c.needs_reconnect is (c.status == "expired") for c in answer.connections)
@@ -182,10 +189,10 @@ async def test_needs_reconnect_is_true_exactly_when_a_connection_is_expired(
 
 
 async def test_account_connections_match_the_connections_table(
-    reader: aiosqlite.Connection, populated: Path
+    account_reads: queries.AccountReads, populated: Path
 ) -> None:
     """Each connection's status and times are those the fold stored."""
-    answer = await queries.account_connections(reader, "live", "12345")
+    answer = await queries.account_connections(account_reads, "live", "12345")
     rows = direct(
         populated,
         "SELECT slug, status, status_since, first_seen, last_seen FROM connections"
@@ -196,6 +203,60 @@ async def test_account_connections_match_the_connections_table(
         for c in answer.connections
     ] == rows
     assert ("gmail", "expired") in [(c.slug, c.status) for c in answer.connections]
+
+
+async def test_banner_reads_waiting_together_share_queries_and_each_gets_its_own_rows(
+    account_reads: queries.AccountReads, populated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads gathered at once (repeats, unknown accounts, both environments) go to SQLite in
+    shared queries, and every read answers exactly what its own query would."""
+    keys = direct(populated, "SELECT DISTINCT environment, linked_account_id FROM connections")
+    keys += [("live", "nobody-at-all"), ("test", "nobody-either")]
+    wanted = [*keys, *keys[:5]]  # some accounts asked for twice at the same time
+    trips: list[str] = []
+    real_rows = queries._rows
+
+    async def counted(conn: aiosqlite.Connection, sql: str, *params: Any) -> list[Any]:
+        trips.append(sql)
+        return await real_rows(conn, sql, *params)
+
+    monkeypatch.setattr(queries, "_rows", counted)
+    answers = await asyncio.gather(
+        *(queries.account_connections(account_reads, env, account) for env, account in wanted)
+    )
+    assert len(trips) == 1  # all asked in one loop turn: one query for all of them
+    for (environment, account), answer in zip(wanted, answers, strict=True):
+        rows = direct(
+            populated,
+            "SELECT slug, status, status_since, type, first_seen, last_seen FROM connections"
+            " WHERE environment = ? AND linked_account_id = ? ORDER BY slug",
+            environment,
+            account,
+        )
+        assert (answer.environment, answer.linked_account_id) == (environment, account)
+        assert [
+            (c.slug, c.status, c.status_since, c.type, c.first_seen, c.last_event_at)
+            for c in answer.connections
+        ] == rows
+
+
+async def test_a_failed_shared_query_fails_every_read_waiting_on_it(
+    account_reads: queries.AccountReads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No read is left hanging when the query it shares fails: each gets the error."""
+
+    async def failing(conn: aiosqlite.Connection, sql: str, *params: Any) -> list[Any]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(queries, "_rows", failing)
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(
+            *(queries.account_connections(account_reads, "live", f"a{i}") for i in range(5)),
+            return_exceptions=True,
+        ),
+        timeout=5,
+    )
+    assert all(isinstance(o, sqlite3.OperationalError) for o in outcomes)
 
 
 async def walk_connections(
