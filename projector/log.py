@@ -388,12 +388,3 @@ def read_seqs(conn: sqlite3.Connection, seqs: Sequence[int]) -> list[LoggedDeliv
 def path_of(conn: sqlite3.Connection) -> Path:
     """The file `conn` has open as its main database."""
     return Path(conn.execute("PRAGMA database_list").fetchone()[2])
-
-
-def iterate(
-    conn: sqlite3.Connection, after: int = 0, chunk: int = 5000
-) -> Iterator[list[LoggedDelivery]]:
-    """The log from `after` on, in chunks, so memory stays flat however long the log is."""
-    while batch := read_after(conn, after, chunk):
-        yield batch
-        after = batch[-1].seq

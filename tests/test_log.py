@@ -11,7 +11,6 @@ import pytest
 
 from projector import log
 from tests.storage_support import delivery_of, new_delivery, open_log, sample_deliveries
-from tests.support import sample_bodies
 
 CREATED = (
     b'{"linked_account_id":"acct_1","org_id":"o","environment":"live","type":"General",'
@@ -207,24 +206,14 @@ def test_read_after_returns_the_deliveries_after_a_seq_in_order(db_path: Path) -
     assert log.read_after(conn, 20, 10) == []
 
 
-def test_iterate_chunks_cover_the_whole_log_in_order(db_path: Path) -> None:
-    """The chunks, concatenated, are the log from seq 1 to the head, each chunk bounded."""
+def test_read_seqs_returns_exactly_those_deliveries_in_log_order(db_path: Path) -> None:
+    """The rebuild's strays are read back by seq: the ones asked for, in seq order."""
     conn = open_log(db_path)
     deliveries = sample_deliveries()
     log.append_batch(conn, deliveries)
-    chunks = list(log.iterate(conn, chunk=50))
-    assert all(0 < len(chunk) <= 50 for chunk in chunks)
-    seqs = [d.seq for chunk in chunks for d in chunk]
-    assert seqs == list(range(1, len(deliveries) + 1))
-    assert [d.body for chunk in chunks for d in chunk] == sample_bodies()
-    assert [d.seq for chunk in log.iterate(conn, after=530, chunk=4) for d in chunk] == [
-        531,
-        532,
-        533,
-        534,
-        535,
-        536,
-    ]
+    read = log.read_seqs(conn, [40, 3, 17, 9999])
+    assert [d.seq for d in read] == [3, 17, 40]
+    assert [d.body for d in read] == [deliveries[i - 1].body for i in (3, 17, 40)]
 
 
 def test_read_back_marks_the_repeats_of_earlier_deliveries(db_path: Path) -> None:
