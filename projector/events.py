@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -154,11 +154,6 @@ def _raw_identity(body: bytes, environment: str) -> str:
     return _identity("raw", environment, hashlib.sha256(body).hexdigest())
 
 
-def parse_delivery(body: bytes, environment: str) -> ParsedDelivery:
-    """Read a verified body for `environment` (the key's); never raises on bad input."""
-    return _parse(body, environment)
-
-
 def parse_change(body: bytes, environment: str) -> ConnectionChange | WorkflowOutcome | None:
     """Just what the projectors fold: `parse_delivery(...).change`, without identity or flags.
 
@@ -180,7 +175,8 @@ def parse_change(body: bytes, environment: str) -> ConnectionChange | WorkflowOu
     return None
 
 
-def _parse(body: bytes, environment: str) -> ParsedDelivery:
+def parse_delivery(body: bytes, environment: str) -> ParsedDelivery:
+    """Read a verified body for `environment` (the key's); never raises on bad input."""
     payload, flag = load_json_object(body)
     if payload is None:
         key = _raw_identity(body, environment)
@@ -190,8 +186,9 @@ def _parse(body: bytes, environment: str) -> ParsedDelivery:
     if flag is not None:
         # Searchable as Python reads it, but identified by its bytes: two bodies that differ
         # only in a repeated key's other value must not be taken for one event.
-        flagged = _flagged(payload, environment, event_name, None, [flag], identify=False)
-        return replace(flagged, event_key=_raw_identity(body, environment))
+        return _flagged(
+            payload, environment, event_name, None, [flag], _raw_identity(body, environment)
+        )
     flags = _environment_flags(payload, environment)
     if event_name in CONNECTION_STATUS_BY_EVENT:
         return _connection(payload, environment, event_name, flags)
@@ -207,16 +204,19 @@ def _flagged(
     event: str | None,
     kind: Kind | None,
     flags: list[str],
-    identify: bool = True,
+    event_key: str | None = None,
 ) -> ParsedDelivery:
-    """A delivery the projectors skip, with whatever searchable fields it does have."""
+    """A delivery the projectors skip, with whatever searchable fields it does have.
+
+    Identified by its canonical payload unless `event_key` is given.
+    """
     return ParsedDelivery(
         event,
         kind,
         _text(payload.get("linked_account_id")),
         _text(payload.get("slug")),
         _text(payload.get("instance_id")),
-        _identity("other", environment, canonical(payload)) if identify else "",
+        event_key or _identity("other", environment, canonical(payload)),
         tuple(flags),
         None,
     )
