@@ -12,15 +12,15 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from projector import answers, queries
+from projector import answers, queries, readers
 from projector.answercache import AnswerCache, CachedAnswer
 from projector.config import normalise_environment
 from projector.http import ApiError, Handler, error_response, json_answer
 
 logger = structlog.get_logger("projector.api")
 
-READERS = web.AppKey("readers", queries.ReaderPool)
-ACCOUNT_READS = web.AppKey("account_reads", queries.AccountReads)
+READERS = web.AppKey("readers", readers.ReaderPool)
+ACCOUNT_READS = web.AppKey("account_reads", readers.AccountReads)
 _STATUS_VALUE = re.compile(r"[a-z_]{1,40}")
 _SEQ_VALUE = re.compile(r"[0-9]{1,18}")
 _LIMIT_VALUE = re.compile(r"[0-9]{1,4}")

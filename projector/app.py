@@ -11,10 +11,10 @@ from functools import partial
 import structlog
 from aiohttp import web
 
-from projector import api, log, projection, queries, replay
+from projector import api, log, projection, replay
 from projector.answercache import AnswerCache
 from projector.config import Settings
-from projector.queries import ReaderPool
+from projector.readers import AccountReads, ReaderPool
 from projector.receiver import make_receiver
 from projector.writer import WriteLane
 
@@ -101,7 +101,7 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
     )
     readers = ReaderPool(settings.db)
     app[api.READERS] = readers
-    app[api.ACCOUNT_READS] = queries.AccountReads(readers)
+    app[api.ACCOUNT_READS] = AccountReads(readers)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await lane.open()

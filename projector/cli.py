@@ -18,6 +18,7 @@ from projector import integrity, log, projection, queries, replay, schemas
 from projector.app import build_app
 from projector.config import ConfigError, Settings, load_settings, normalise_environment
 from projector.logs import configure_logging
+from projector.readers import ReaderPool
 from projector.sender import send_bodies
 
 logger = structlog.get_logger("projector.cli")
@@ -94,7 +95,7 @@ def _print_welcome(settings: Settings, url: str) -> None:
 
 
 async def _seed(settings: Settings, url: str, bodies: list[bytes]) -> None:
-    async with queries.ReaderPool(settings.db, size=1) as readers, readers.connection() as conn:
+    async with ReaderPool(settings.db, size=1) as pool, pool.connection() as conn:
         state = await queries.projection_states(conn)
     if state.log_head:
         logger.info("seed_skipped", reason="the log is not empty", log_head=state.log_head)
@@ -219,7 +220,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 async def _print_events(settings: Settings, args: argparse.Namespace) -> int:
     printed, cursor = 0, None
-    async with queries.ReaderPool(settings.db, size=1) as readers, readers.connection() as conn:
+    async with ReaderPool(settings.db, size=1) as pool, pool.connection() as conn:
         while args.limit is None or printed < args.limit:
             page_size = 1000 if args.limit is None else min(1000, args.limit - printed)
             page = await queries.audit_events(

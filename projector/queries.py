@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -17,6 +13,7 @@ from projector import answers, log
 from projector.integrity import GENESIS_HASH
 from projector.json_body import load_json_object
 from projector.projection import STATUS_QUERY
+from projector.readers import AccountReads, fetch_rows
 
 
 class InvalidCursor(ValueError):
@@ -47,133 +44,6 @@ def decode_cursor(cursor: str, *types: type) -> tuple[Any, ...]:
     ):
         raise InvalidCursor(cursor)
     return tuple(values)
-
-
-class ReaderPool:
-    """A few read-only aiosqlite connections; each is its own thread, so reads run in parallel."""
-
-    def __init__(self, path: Path, size: int = 2) -> None:
-        self._path = path
-        self._size = size
-        self._all: list[aiosqlite.Connection] = []
-        self._turn = 0
-
-    async def open(self) -> None:
-        """Open the connections (the writer must have created the database first)."""
-        for _ in range(self._size):
-            conn = await aiosqlite.connect(f"file:{self._path}?mode=ro", uri=True)
-            await conn.execute("PRAGMA busy_timeout=5000")
-            self._all.append(conn)
-
-    async def close(self) -> None:
-        """Close every connection."""
-        for conn in self._all:
-            await conn.close()
-        self._all.clear()
-
-    async def __aenter__(self) -> ReaderPool:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A connection for one answer, shared: the connections take turns.
-
-        Not lent out one answer at a time: a lent connection would sit idle from its last
-        row until the busy event loop got back to its answer. Shared, its thread runs the
-        next answer's statement straight away. Each statement is its own snapshot (no read
-        transaction spans two), lent or shared, so sharing changes nothing an answer sees.
-        """
-        if not self._all:
-            raise RuntimeError("the reader pool is not open")
-        self._turn = (self._turn + 1) % len(self._all)
-        yield self._all[self._turn]
-
-
-async def _rows(conn: aiosqlite.Connection, sql: str, *params: Any) -> list[Any]:
-    # One trip to the connection's thread (execute, fetch and close there), not three: each
-    # trip costs the event loop a future and a wake-up, and the request ~80 us of latency.
-    return list(await conn.execute_fetchall(sql, params))
-
-
-# Accounts per shared query: two bound values each, far below SQLite's 32,766.
-MAX_SHARED = 500
-Waiting = dict[tuple[str, str], list[asyncio.Future[list[Any]]]]
-
-
-class AccountReads:
-    """Banner reads that arrive together share one query: one trip to a reader thread.
-
-    Each trip costs the busy event loop a future, a cross-thread wake-up and a GIL handoff;
-    under load a dozen banner reads are often waiting at once, and pay that once.
-    """
-
-    def __init__(self, readers: ReaderPool) -> None:
-        self._readers = readers
-        self._waiting: Waiting = {}
-        self._flush_due = False
-        self._loading: set[asyncio.Task[None]] = set()  # held: the loop keeps weak refs only
-
-    async def rows(self, environment: str, account: str) -> list[Any]:
-        """The account's connection rows, read in a query shared with reads waiting too."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        self._waiting.setdefault((environment, account), []).append(future)
-        if not self._flush_due:
-            # After this loop turn: every request that became ready with this one joins in.
-            self._flush_due = True
-            loop.call_soon(self._flush)
-        return await future
-
-    def _flush(self) -> None:
-        self._flush_due = False
-        waiting, self._waiting = self._waiting, {}
-        keys = list(waiting)
-        for start in range(0, len(keys), MAX_SHARED):
-            part = {key: waiting[key] for key in keys[start : start + MAX_SHARED]}
-            task = asyncio.get_running_loop().create_task(self._load(part))
-            self._loading.add(task)
-            task.add_done_callback(self._loading.discard)
-
-    async def _load(self, waiting: Waiting) -> None:
-        try:
-            pairs = ", ".join(["(?, ?)"] * len(waiting))
-            async with self._readers.connection() as conn:
-                rows = await _rows(
-                    conn,
-                    "SELECT c.environment, c.linked_account_id, c.slug, c.status, c.status_since,"
-                    " c.type, c.first_seen, c.last_seen"
-                    f" FROM (VALUES {pairs}) AS k CROSS JOIN connections AS c"
-                    " ON c.environment = k.column1 AND c.linked_account_id = k.column2"
-                    " ORDER BY c.environment, c.linked_account_id, c.slug",
-                    *[value for key in waiting for value in key],
-                )
-        except BaseException as exc:  # no read may be left waiting: each gets the error
-            _fail(waiting, exc)
-            if not isinstance(exc, Exception):
-                raise  # cancelled (shutdown): its readers were cancelled above
-            return
-        found: dict[tuple[str, str], list[Any]] = {}
-        for environment, account, *row in rows:
-            found.setdefault((environment, account), []).append(tuple(row))
-        for key, futures in waiting.items():
-            for future in futures:
-                if not future.done():
-                    future.set_result(found.get(key, []))
-
-
-def _fail(waiting: Waiting, error: BaseException) -> None:
-    for futures in waiting.values():
-        for future in futures:
-            if future.done():
-                continue
-            if isinstance(error, Exception):
-                future.set_exception(error)
-            else:
-                future.cancel()
 
 
 async def account_connections(
@@ -220,7 +90,7 @@ async def list_connections(
     if cursor is not None:
         where.append("(linked_account_id, slug) > (?, ?)")
         params.extend(decode_cursor(cursor, str, str))
-    rows = await _rows(
+    rows = await fetch_rows(
         conn,
         "SELECT linked_account_id, slug, status, status_since FROM connections"
         f" WHERE {' AND '.join(where)} ORDER BY linked_account_id, slug LIMIT ?",
@@ -260,7 +130,7 @@ async def workflow_run(
     conn: aiosqlite.Connection, environment: str, instance_id: str
 ) -> answers.WorkflowRunAnswer | None:
     """One run and every delivery that spoke of it, or None if unknown."""
-    rows = await _rows(
+    rows = await fetch_rows(
         conn,
         f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE environment = ? AND instance_id = ?",
         environment,
@@ -268,7 +138,7 @@ async def workflow_run(
     )
     if not rows:
         return None
-    logged = await _rows(
+    logged = await fetch_rows(
         conn,
         "SELECT seq, event, body, duplicate_of FROM deliveries"
         " WHERE environment = ? AND instance_id = ? ORDER BY seq LIMIT 1000",
@@ -311,7 +181,7 @@ async def account_runs(
     if cursor is not None:
         where.append("instance_id > ?")
         params.extend(decode_cursor(cursor, str))
-    rows = await _rows(
+    rows = await fetch_rows(
         conn,
         f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE {' AND '.join(where)}"
         " ORDER BY instance_id LIMIT ?",
@@ -362,7 +232,7 @@ async def audit_events(
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
-    rows = await _rows(
+    rows = await fetch_rows(
         conn,
         f"SELECT {_EVENT_COLUMNS} FROM deliveries WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
         *params,
@@ -379,7 +249,7 @@ async def audit_event(
     conn: aiosqlite.Connection, environment: str, seq: int
 ) -> answers.AuditEventDetail | None:
     """One delivery with its exact bytes, or None."""
-    rows = await _rows(
+    rows = await fetch_rows(
         conn,
         f"SELECT {_EVENT_COLUMNS}, key_id, signed_as, headers FROM deliveries"
         " WHERE seq = ? AND environment = ?",
@@ -402,8 +272,8 @@ async def audit_event(
 
 async def projection_states(conn: aiosqlite.Connection) -> answers.Projections:
     """The log head and where every projection stands."""
-    head = await _rows(conn, "SELECT seq, row_hash FROM deliveries ORDER BY seq DESC LIMIT 1")
-    rows = await _rows(conn, STATUS_QUERY)
+    head = await fetch_rows(conn, "SELECT seq, row_hash FROM deliveries ORDER BY seq DESC LIMIT 1")
+    rows = await fetch_rows(conn, STATUS_QUERY)
     seq, head_hash = head[0] if head else (0, GENESIS_HASH)
     return answers.Projections(
         log_head=seq,

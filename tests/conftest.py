@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,8 @@ from hypothesis import settings as hypothesis_settings
 
 from projector.app import build_app
 from projector.config import Settings, load_settings
+from projector.readers import AccountReads, ReaderPool
+from tests.storage_support import populated_log
 from tests.support import READ_TOKEN, SIGNING_KEYS, Service
 
 # A loaded CI machine makes example generation slow; that is not a failure of the property.
@@ -49,3 +51,16 @@ def service(db_path: Path) -> Iterator[Service]:
     running = Service(db_path).start()
     yield running
     running.kill()
+
+
+@pytest.fixture
+def populated(db_path: Path) -> Path:
+    """The sample stream plus one undecodable body, appended and fully projected."""
+    return populated_log(db_path)
+
+
+@pytest.fixture
+async def account_reads(populated: Path) -> AsyncIterator[AccountReads]:
+    """Shared banner reads over a reader pool on the populated log."""
+    async with ReaderPool(populated) as pool:
+        yield AccountReads(pool)

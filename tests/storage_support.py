@@ -16,6 +16,8 @@ from projector.sender import environment_of
 from tests.support import KEY_BY_ENVIRONMENT, sample_bodies
 
 RECEIVED_AT = "2026-07-01T12:00:00Z"
+# A validly signed body that is neither JSON nor UTF-8: kept, flagged, skipped.
+ODD_BODY = b"\xff\xfe\x00 not json, not UTF-8 \x80"
 
 
 def new_delivery(body: bytes, environment: str, received_at: str = RECEIVED_AT) -> log.NewDelivery:
@@ -107,3 +109,21 @@ def fail_on_broken_slug(state: ConnectionHealth | None, change: ConnectionChange
     if change.slug == BROKEN_SLUG:
         raise RuntimeError(f"fold bug on {change.slug}")
     return fold_connection(state, change)
+
+
+def populated_log(path: Path) -> Path:
+    """The sample stream plus ODD_BODY at `path`, appended and fully projected."""
+    conn = open_projected(path)
+    log.append_batch(conn, [*sample_deliveries(), new_delivery(ODD_BODY, "live")])
+    catch_up(conn)
+    conn.close()
+    return path
+
+
+def direct(path: Path, sql: str, *params: Any) -> list[Any]:
+    """Rows read with plain sqlite3, to compare the queries against."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()

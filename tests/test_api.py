@@ -19,7 +19,7 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from projector import log, queries
+from projector import log, readers
 from projector.api import bearer_auth
 from projector.app import build_app
 from projector.config import load_settings
@@ -830,7 +830,7 @@ def connection(event: str, slug: str) -> bytes:
     return json.dumps(payload).encode()
 
 
-class CountingReaders(queries.ReaderPool):
+class CountingReaders(readers.ReaderPool):
     """The real reader pool, counting the connections handed out (one per database read)."""
 
     taken = 0

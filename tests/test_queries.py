@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,43 +11,18 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from projector import log, queries
-from projector.queries import InvalidCursor, ReaderPool, decode_cursor, encode_cursor
-from tests.storage_support import catch_up, new_delivery, open_projected, sample_deliveries
+from projector import queries
+from projector.queries import InvalidCursor, decode_cursor, encode_cursor
+from projector.readers import AccountReads, ReaderPool
+from tests.storage_support import ODD_BODY, direct
 
-ODD_BODY = b"\xff\xfe\x00 not json, not UTF-8 \x80"
 ENVIRONMENTS = ("live", "test")
-
-
-@pytest.fixture
-def populated(db_path: Path) -> Path:
-    """The sample stream plus one undecodable body, appended and fully projected."""
-    conn = open_projected(db_path)
-    log.append_batch(conn, [*sample_deliveries(), new_delivery(ODD_BODY, "live")])
-    catch_up(conn)
-    conn.close()
-    return db_path
 
 
 @pytest.fixture
 async def reader(populated: Path) -> AsyncIterator[aiosqlite.Connection]:
     async with ReaderPool(populated) as pool, pool.connection() as conn:
         yield conn
-
-
-@pytest.fixture
-async def account_reads(populated: Path) -> AsyncIterator[queries.AccountReads]:
-    async with ReaderPool(populated) as pool:
-        yield queries.AccountReads(pool)
-
-
-def direct(path: Path, sql: str, *params: Any) -> list[Any]:
-    """Rows read with plain sqlite3, to compare the queries against."""
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 # --- cursors ---------------------------------------------------------------------------------
@@ -131,37 +104,11 @@ async def test_an_audit_cursor_beyond_sqlite_integers_is_an_invalid_cursor(
 # --- reader connections ----------------------------------------------------------------------
 
 
-async def test_reader_connections_cannot_write(populated: Path) -> None:
-    """Every pooled connection is read-only: writes raise and the log is unchanged."""
-    head = direct(populated, "SELECT count(*) FROM deliveries")
-    async with ReaderPool(populated, size=2) as pool:
-        for _ in range(2):
-            async with pool.connection() as conn:
-                with pytest.raises(sqlite3.OperationalError, match="readonly"):
-                    await conn.execute("INSERT INTO projections VALUES ('x', 1, 0, 0)")
-                with pytest.raises(sqlite3.OperationalError, match="readonly"):
-                    await conn.execute("CREATE TABLE scratch (x)")
-    assert direct(populated, "SELECT count(*) FROM deliveries") == head
-    assert direct(populated, "SELECT count(*) FROM projections WHERE name = 'x'") == [(0,)]
-
-
-async def test_readers_see_deliveries_committed_after_they_opened(populated: Path) -> None:
-    """A reader is not stuck on an old snapshot: a later commit shows in its next query."""
-    async with ReaderPool(populated) as pool:
-        async with pool.connection() as conn:
-            before = (await queries.projection_states(conn)).log_head
-        writer = log.connect(populated)
-        log.append_batch(writer, [new_delivery(b"[1]", "test")])
-        writer.close()
-        async with pool.connection() as conn:
-            assert (await queries.projection_states(conn)).log_head == before + 1
-
-
 # --- connections -----------------------------------------------------------------------------
 
 
 async def test_an_unknown_account_has_no_connections_and_needs_no_reconnect(
-    account_reads: queries.AccountReads,
+    account_reads: AccountReads,
 ) -> None:
     """account_connections answers an empty list for an account never seen."""
     answer = await queries.account_connections(account_reads, "live", "nobody-at-all")
@@ -171,7 +118,7 @@ async def test_an_unknown_account_has_no_connections_and_needs_no_reconnect(
 
 
 async def test_needs_reconnect_is_true_exactly_when_a_connection_is_expired(
-    account_reads: queries.AccountReads, populated: Path
+    account_reads: AccountReads, populated: Path
 ) -> None:
     """For every account, the banner flag equals 'some connection is expired'."""
     accounts = direct(
@@ -189,7 +136,7 @@ async def test_needs_reconnect_is_true_exactly_when_a_connection_is_expired(
 
 
 async def test_account_connections_match_the_connections_table(
-    account_reads: queries.AccountReads, populated: Path
+    account_reads: AccountReads, populated: Path
 ) -> None:
     """Each connection's status and times are those the fold stored."""
     answer = await queries.account_connections(account_reads, "live", "12345")
@@ -203,60 +150,6 @@ async def test_account_connections_match_the_connections_table(
         for c in answer.connections
     ] == rows
     assert ("gmail", "expired") in [(c.slug, c.status) for c in answer.connections]
-
-
-async def test_banner_reads_waiting_together_share_queries_and_each_gets_its_own_rows(
-    account_reads: queries.AccountReads, populated: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Reads gathered at once (repeats, unknown accounts, both environments) go to SQLite in
-    shared queries, and every read answers exactly what its own query would."""
-    keys = direct(populated, "SELECT DISTINCT environment, linked_account_id FROM connections")
-    keys += [("live", "nobody-at-all"), ("test", "nobody-either")]
-    wanted = [*keys, *keys[:5]]  # some accounts asked for twice at the same time
-    trips: list[str] = []
-    real_rows = queries._rows
-
-    async def counted(conn: aiosqlite.Connection, sql: str, *params: Any) -> list[Any]:
-        trips.append(sql)
-        return await real_rows(conn, sql, *params)
-
-    monkeypatch.setattr(queries, "_rows", counted)
-    answers = await asyncio.gather(
-        *(queries.account_connections(account_reads, env, account) for env, account in wanted)
-    )
-    assert len(trips) == 1  # all asked in one loop turn: one query for all of them
-    for (environment, account), answer in zip(wanted, answers, strict=True):
-        rows = direct(
-            populated,
-            "SELECT slug, status, status_since, type, first_seen, last_seen FROM connections"
-            " WHERE environment = ? AND linked_account_id = ? ORDER BY slug",
-            environment,
-            account,
-        )
-        assert (answer.environment, answer.linked_account_id) == (environment, account)
-        assert [
-            (c.slug, c.status, c.status_since, c.type, c.first_seen, c.last_event_at)
-            for c in answer.connections
-        ] == rows
-
-
-async def test_a_failed_shared_query_fails_every_read_waiting_on_it(
-    account_reads: queries.AccountReads, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No read is left hanging when the query it shares fails: each gets the error."""
-
-    async def failing(conn: aiosqlite.Connection, sql: str, *params: Any) -> list[Any]:
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(queries, "_rows", failing)
-    outcomes = await asyncio.wait_for(
-        asyncio.gather(
-            *(queries.account_connections(account_reads, "live", f"a{i}") for i in range(5)),
-            return_exceptions=True,
-        ),
-        timeout=5,
-    )
-    assert all(isinstance(o, sqlite3.OperationalError) for o in outcomes)
 
 
 async def walk_connections(
