@@ -1,8 +1,11 @@
 """The benchmark's baselines, each a server process like `projector serve`.
 
-bare:  aiohttp, POST reads the body and answers 200, GET answers a small JSON.
-naive: what most users write first: verify, one aiosqlite INSERT + COMMIT per request.
-python -m tests.bench.baselines bare|naive --port P [--db FILE]
+bare:     aiohttp, POST reads the body and answers 200, GET answers a small JSON.
+verified: bare, plus the service's own signature check; stores nothing.
+parsed:   verified, plus the service's own parse of the body; stores nothing. No service
+          that verifies and parses like this one can ingest faster: its ceiling.
+naive:    what most users write first: verify, one aiosqlite INSERT + COMMIT per request.
+python -m tests.bench.baselines bare|verified|parsed|naive --port P [--db FILE]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from aiohttp import web
 
 from projector.cli import run_event_loop
 from projector.config import SigningKey, load_settings
+from projector.events import parse_delivery
 from projector.signature import SIGNATURE_HEADER, verify_signature
 from tests.support import READ_TOKEN, SIGNING_KEYS
 
@@ -37,6 +41,24 @@ def bare_app() -> web.Application:
     app = web.Application()
     app.router.add_post("/webhooks/refold", post)
     app.router.add_get("/{tail:.*}", get)
+    return app
+
+
+def ceiling_app(keys: tuple[SigningKey, ...], parse: bool) -> web.Application:
+    """bare plus the receiver's own CPU work (verify; with `parse`, parse too), no storage."""
+
+    async def post(request: web.Request) -> web.Response:
+        body = await request.read()
+        claimed = [v.encode() for v in request.headers.getall(SIGNATURE_HEADER, [])]
+        match = verify_signature(body, claimed, keys)
+        if match is None:
+            return web.Response(status=401)
+        if parse:
+            parse_delivery(body, match.key.environment)
+        return web.Response(body=OK, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/webhooks/refold", post)
     return app
 
 
@@ -89,14 +111,16 @@ async def serve(app: web.Application, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=("bare", "naive"))
+    parser.add_argument("kind", choices=("bare", "verified", "parsed", "naive"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db", type=Path)
     args = parser.parse_args(argv)
+    keys = load_settings(signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN).signing_keys
     if args.kind == "bare":
         app = bare_app()
+    elif args.kind in ("verified", "parsed"):
+        app = ceiling_app(keys, parse=args.kind == "parsed")
     else:
-        keys = load_settings(signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN).signing_keys
         app = naive_app(args.db, keys)
     run_event_loop(serve(app, args.port))
     return 0

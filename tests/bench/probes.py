@@ -131,6 +131,9 @@ def table(summary: dict[str, Any], rounds: list[dict[str, Any]], size: int) -> s
     checks = [
         ("ingest service / bare", ("ingest_service", "rate"), ("ingest_bare", "rate"), ">= 0.6"),
         ("ingest service / naive", ("ingest_service", "rate"), ("ingest_naive", "rate"), ">= 8"),
+        # Context, not targets: bare plus only the service's verify (and parse), no storage.
+        ("ceiling: verified / bare", ("ingest_verified", "rate"), ("ingest_bare", "rate"), "-"),
+        ("ceiling: parsed / bare", ("ingest_parsed", "rate"), ("ingest_bare", "rate"), "-"),
         (
             f"rebuild {size} / scan",
             (f"rebuild_{size}", "rate"),

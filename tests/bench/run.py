@@ -117,13 +117,15 @@ def timed_child(command: list[str], env: dict[str, str], cwd: Path = REPO) -> Fi
 
 
 def ingest_round(work: Path, bodies: Path, seconds: float) -> dict[str, Figures]:
-    """bare, naive, service at full rate, then the service at half rate with lag probes."""
+    """bare, its verify and parse ceilings, naive, service at full rate, then the service at
+    half rate with lag probes."""
     post = "/webhooks/refold"
     out: dict[str, Figures] = {}
-    bare = baseline("bare", work / "bare.log")
-    bare.wait_ready()
-    out["ingest_bare"] = wrk(bare.url + post, "post.lua", [str(bodies)], seconds)
-    bare.stop()
+    for kind in ("bare", "verified", "parsed"):
+        server = baseline(kind, work / f"{kind}.log")
+        server.wait_ready()
+        out[f"ingest_{kind}"] = wrk(server.url + post, "post.lua", [str(bodies)], seconds)
+        server.stop()
     naive_db = work / "naive.sqlite3"
     naive = baseline("naive", work / "naive.log", naive_db)
     naive.wait_ready()
