@@ -23,7 +23,7 @@ from aiohttp import web
 from projector.cli import run_event_loop
 from projector.config import SigningKey, load_settings
 from projector.events import parse_delivery
-from projector.signature import SIGNATURE_HEADER, verify_signature
+from projector.signature import SIGNATURE_HEADER, SignatureMatch, verify_signature
 from tests.support import READ_TOKEN, SIGNING_KEYS
 
 OK = b'{"ok":true}'
@@ -44,13 +44,20 @@ def bare_app() -> web.Application:
     return app
 
 
+async def read_verified(
+    request: web.Request, keys: tuple[SigningKey, ...]
+) -> tuple[bytes, SignatureMatch | None]:
+    """The body, and the key whose signature it carries (None if none)."""
+    body = await request.read()
+    claimed = [v.encode() for v in request.headers.getall(SIGNATURE_HEADER, [])]
+    return body, verify_signature(body, claimed, keys)
+
+
 def ceiling_app(keys: tuple[SigningKey, ...], parse: bool) -> web.Application:
     """bare plus the receiver's own CPU work (verify; with `parse`, parse too), no storage."""
 
     async def post(request: web.Request) -> web.Response:
-        body = await request.read()
-        claimed = [v.encode() for v in request.headers.getall(SIGNATURE_HEADER, [])]
-        match = verify_signature(body, claimed, keys)
+        body, match = await read_verified(request, keys)
         if match is None:
             return web.Response(status=401)
         if parse:
@@ -79,9 +86,7 @@ def naive_app(db: Path, keys: tuple[SigningKey, ...]) -> web.Application:
         await conn.close()
 
     async def post(request: web.Request) -> web.Response:
-        body = await request.read()
-        claimed = [v.encode() for v in request.headers.getall(SIGNATURE_HEADER, [])]
-        match = verify_signature(body, claimed, keys)
+        body, match = await read_verified(request, keys)
         if match is None:
             return web.Response(status=401)
         conn: aiosqlite.Connection = request.app["conn"]
