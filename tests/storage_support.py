@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +127,19 @@ def direct(path: Path, sql: str, *params: Any) -> list[Any]:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def before_first_begin(conn: sqlite3.Connection, race: Callable[[], Any]) -> list[Any]:
+    """Run `race` once, just before `conn` opens its first transaction; collects its result.
+
+    This is how a test has "another process" act between what `conn` read and its write.
+    The caller clears the trace (`conn.set_trace_callback(None)`) when done.
+    """
+    results: list[Any] = []
+
+    def trace(statement: str) -> None:
+        if statement.startswith("BEGIN") and not results:
+            results.append(race())
+
+    conn.set_trace_callback(trace)
+    return results

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from projector import log
-from tests.storage_support import delivery_of, new_delivery, open_log, sample_deliveries
+from tests.storage_support import (
+    before_first_begin,
+    delivery_of,
+    new_delivery,
+    open_log,
+    sample_deliveries,
+)
 
 CREATED = (
     b'{"linked_account_id":"acct_1","org_id":"o","environment":"live","type":"General",'
@@ -48,14 +54,8 @@ def test_migrate_that_another_process_finished_first_finds_the_schema_current(
     """Two starts on a fresh file: the one that migrates second sees the schema already there."""
     starting = log.connect(db_path)
     other = log.connect(db_path)
-    raced: list[int] = []
-
-    def other_process_migrates_first(statement: str) -> None:
-        # Runs just before `starting` takes the write lock, after it read user_version 0.
-        if statement.startswith("BEGIN") and not raced:
-            raced.append(log.migrate(other))
-
-    starting.set_trace_callback(other_process_migrates_first)
+    # The other migrates after `starting` read user_version 0, before it takes the write lock.
+    raced = before_first_begin(starting, lambda: log.migrate(other))
     assert log.migrate(starting) == log.LOG_SCHEMA_VERSION
     assert raced == [log.LOG_SCHEMA_VERSION]
     assert starting.execute("PRAGMA user_version").fetchone()[0] == log.LOG_SCHEMA_VERSION

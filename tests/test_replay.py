@@ -14,6 +14,7 @@ from tests.storage_support import (
     BROKEN_BODY,
     NAMES,
     append_all,
+    before_first_begin,
     catch_up,
     delivery_of,
     fail_on_broken_slug,
@@ -93,14 +94,8 @@ def test_a_rebuild_that_another_rebuild_overtakes_still_completes(
     first = open_projected(db_path)
     log.append_batch(first, deliveries)
     second = log.connect(db_path)
-    overtaken: list[int] = []
-
-    def second_rebuild_runs_first(statement: str) -> None:
-        # Runs just before `first` opens its first transaction, after it chose its generation.
-        if statement.startswith("BEGIN") and not overtaken:
-            overtaken.append(replay.rebuild(second))
-
-    first.set_trace_callback(second_rebuild_runs_first)
+    # The second rebuild runs after `first` chose its generation, before its first transaction.
+    overtaken = before_first_begin(first, lambda: replay.rebuild(second))
     assert replay.rebuild(first, chunk=16) == len(deliveries)
     first.set_trace_callback(None)
     assert overtaken == [len(deliveries)]
