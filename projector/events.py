@@ -208,7 +208,8 @@ def _flagged(
 ) -> ParsedDelivery:
     """A delivery the projectors skip, with whatever searchable fields it does have.
 
-    Identified by its canonical payload unless `event_key` is given.
+    Identified by its canonical payload unless `event_key` is given; never by the identity
+    of the valid event it resembles, so it can be the duplicate only of other flagged ones.
     """
     return ParsedDelivery(
         event,
@@ -328,11 +329,12 @@ def _connection(
     except ValidationError as error:
         flags.extend(_field_flags(error))
         return _flagged(payload, environment, event, "connection", flags)
+    if flags:  # its own identity: a flagged delivery must never stand in for a valid one
+        return _flagged(payload, environment, event, "connection", flags)
     account, slug = change.linked_account_id, change.slug
     moment = format_instant(change.occurred_at)
     key = _identity("connection", environment, account, slug, event, moment)
-    kept = None if flags else change
-    return ParsedDelivery(event, "connection", account, slug, None, key, tuple(flags), kept)
+    return ParsedDelivery(event, "connection", account, slug, None, key, (), change)
 
 
 def _workflow(
@@ -343,8 +345,9 @@ def _workflow(
     except ValidationError as error:
         flags.extend(_field_flags(error))
         return _flagged(payload, environment, event, "workflow", flags)
+    if flags:
+        return _flagged(payload, environment, event, "workflow", flags)
     account, instance = outcome.linked_account_id, outcome.instance_id
     # A retry repeats the payload exactly; a second genuine failure differs somewhere in it.
     key = _identity("workflow", environment, instance, event, canonical(payload))
-    kept = None if flags else outcome
-    return ParsedDelivery(event, "workflow", account, None, instance, key, tuple(flags), kept)
+    return ParsedDelivery(event, "workflow", account, None, instance, key, (), outcome)

@@ -150,9 +150,8 @@ class Appended:
 
 @dataclass(frozen=True)
 class Committed:
-    """What the projectors need of a delivery this process just appended."""
+    """What the projectors need of a delivery this process just appended: its change."""
 
-    duplicate_of: int | None
     change: Change | None
 
 

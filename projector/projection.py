@@ -82,9 +82,9 @@ def read_changes(deliveries: Sequence[log.LoggedDelivery]) -> tuple[Changes, lis
     changes: Changes = []
     errors = []
     for delivery in deliveries:
-        # Duplicates change nothing (the folds are idempotent); skipping them saves the work.
-        if delivery.duplicate_of is not None:
-            continue
+        # Duplicates are folded too. The folds are idempotent, so a true repeat changes
+        # nothing; and a `duplicate_of` recorded by an older release (one that matched a
+        # valid event to a flagged one) must not keep a valid event out of the read models.
         try:
             change = parse_change(delivery.body, delivery.environment)
         except Exception as exc:  # parse_change should never raise; if it does, go on
@@ -128,9 +128,9 @@ def _known_changes(
     """The changes of seqs start+1..end, as the write lane committed them: no log read."""
     changes: Changes = []
     for seq in range(start + 1, end + 1):
-        committed = known[seq]
-        if committed.duplicate_of is None and committed.change is not None:
-            changes.append((seq, committed.change))
+        change = known[seq].change
+        if change is not None:  # duplicates included, as read_changes folds them
+            changes.append((seq, change))
     return changes, []
 
 

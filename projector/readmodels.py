@@ -128,7 +128,7 @@ def _connection_state(row: tuple[Any, ...]) -> ConnectionHealth:
 
 CONNECTION_HEALTH: ReadModel[ConnectionChange, ConnectionHealth] = ReadModel(
     name="connection_health",
-    version=2,
+    version=3,
     table="connections",
     change_type=ConnectionChange,
     kind="connection",
@@ -168,7 +168,7 @@ def _run_row(state: WorkflowRun) -> tuple[Any, ...]:
 
 WORKFLOW_RUNS: ReadModel[WorkflowOutcome, WorkflowRun] = ReadModel(
     name="workflow_runs",
-    version=2,
+    version=3,
     table="workflow_runs",
     change_type=WorkflowOutcome,
     kind="workflow",

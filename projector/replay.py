@@ -185,7 +185,7 @@ def _states_in_key_order(
     columns = ", ".join(model.key_columns)
     rows = reader.execute(
         f"SELECT seq, environment, body, {columns} FROM deliveries"
-        " WHERE kind = ? AND duplicate_of IS NULL AND seq <= ?"
+        " WHERE kind = ? AND seq <= ?"
         # `+`: a scan and one sort, rather than an index walk with a random read per row.
         f" ORDER BY +{columns}",
         (model.kind, head),
@@ -220,7 +220,7 @@ def _seqs_of_no_model(reader: sqlite3.Connection, head: int) -> list[int]:
     """Rows no read model's sorted read covers; the current code may still fold them."""
     kinds = [model.kind for model in READ_MODELS]
     rows = reader.execute(
-        "SELECT seq FROM deliveries WHERE duplicate_of IS NULL AND seq <= ?"
+        "SELECT seq FROM deliveries WHERE seq <= ?"
         f" AND (kind IS NULL OR kind NOT IN ({', '.join('?' * len(kinds))}))",
         (head, *kinds),
     )

@@ -211,7 +211,7 @@ class WriteLane:
         if self._project is None:
             return False
         known = {
-            result.seq: log.Committed(result.duplicate_of, delivery.change)
+            result.seq: log.Committed(delivery.change)
             for delivery, result in zip(deliveries, results, strict=True)
         }
         # A savepoint: if folding fails, the deliveries still commit, unfolded, and the
@@ -245,7 +245,7 @@ class WriteLane:
             # Bounded: if the projector falls far behind, it parses the rest from the log.
             if not projected and len(self._committed) < MAX_COMMITTED:
                 change = append.delivery.change
-                self._committed[result.seq] = log.Committed(result.duplicate_of, change)
+                self._committed[result.seq] = log.Committed(change)
         self._on_commit(projected)
 
     def _settle_failed(self, batch: list[_Append], error: StorageUnavailable) -> None:

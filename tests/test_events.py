@@ -438,6 +438,23 @@ def test_a_connection_key_ignores_fields_outside_its_identity() -> None:
     assert plain.event_key == richer.event_key
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [connection(environment="test"), workflow(environment="test")],
+    ids=["connection", "workflow"],
+)
+def test_a_flagged_copy_never_shares_the_identity_of_the_valid_event_it_resembles(
+    fields: dict[str, Any],
+) -> None:
+    """Only deliveries the projectors fold may be each other's duplicates."""
+    valid = parse_delivery(body(**{**fields, "environment": "live"}), "live")
+    assert valid.flags == ()
+    flagged = parse_delivery(body(**fields), "live")
+    assert "environment_mismatch" in flagged.flags
+    assert flagged.event_key != valid.event_key
+    assert flagged.event_key == parse_delivery(body(**fields), "live").event_key
+
+
 def test_a_different_created_at_gives_a_different_key() -> None:
     first = parse_delivery(body(**connection(createdAt="Tue, 07 Nov 2023 08:38:33 GMT")), "live")
     later = parse_delivery(body(**connection(createdAt="Tue, 07 Nov 2023 08:38:34 GMT")), "live")

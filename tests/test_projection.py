@@ -116,10 +116,10 @@ def test_catch_up_with_a_limit_below_the_backlog_needs_several_batches(db_path: 
     assert positions(conn) == dict.fromkeys(NAMES, 20)
 
 
-def test_flagged_and_duplicate_deliveries_are_not_folded_but_positions_pass_them(
+def test_flagged_deliveries_are_not_folded_duplicates_change_nothing_positions_pass_both(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only the first of a repeated event and no flagged delivery reach the fold."""
+    """A retry reaches the idempotent fold again; no flagged delivery reaches it."""
     folded: list[ConnectionChange] = []
 
     def counting_fold(state: ConnectionHealth | None, change: ConnectionChange) -> Any:
@@ -141,7 +141,7 @@ def test_flagged_and_duplicate_deliveries_are_not_folded_but_positions_pass_them
         ],
     )
     catch_up(conn)
-    assert [c.status for c in folded] == ["connected"]
+    assert [c.status for c in folded] == ["connected", "connected"]
     assert positions(conn) == dict.fromkeys(NAMES, 4)
     assert conn.execute("SELECT status FROM connections").fetchall() == [("connected",)]
 
@@ -306,10 +306,7 @@ def test_catching_up_from_the_lanes_known_changes_equals_reading_the_log(
     for start in range(0, len(deliveries), 40):
         batch = deliveries[start : start + 40]
         appended = log.append_batch(conn, batch)
-        known = {
-            a.seq: log.Committed(a.duplicate_of, d.change)
-            for a, d in zip(appended, batch, strict=True)
-        }
+        known = {a.seq: log.Committed(d.change) for a, d in zip(appended, batch, strict=True)}
         assert projection.catch_up_batch(conn, 500, known) == len(batch)
     assert read_models(conn) == rebuilt(tmp_path / "fresh.sqlite3", deliveries)
 
@@ -319,7 +316,7 @@ def test_known_changes_that_miss_part_of_a_batch_fall_back_to_the_log(db_path: P
     deliveries = sample_deliveries()[:50]
     conn = open_projected(db_path)
     appended = log.append_batch(conn, deliveries)
-    partial = {a.seq: log.Committed(a.duplicate_of, None) for a in appended[:10]}
+    partial = {a.seq: log.Committed(None) for a in appended[:10]}
     projection.catch_up_batch(conn, 500, partial)
     other = open_projected(db_path.with_name("other.sqlite3"))
     log.append_batch(other, deliveries)

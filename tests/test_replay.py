@@ -18,6 +18,7 @@ from tests.storage_support import (
     catch_up,
     delivery_of,
     fail_on_broken_slug,
+    new_delivery,
     open_log,
     open_projected,
     positions,
@@ -159,3 +160,19 @@ def test_a_rebuild_with_a_read_model_in_another_process_gives_the_same_tables(
     assert len(spawned) == 1
     assert read_models(conn) == serial
     assert positions(conn) == dict.fromkeys(NAMES, len(deliveries))
+
+
+def test_a_rebuild_folds_a_valid_event_an_older_release_logged_as_a_flagged_ones_duplicate(
+    db_path: Path,
+) -> None:
+    """Older releases gave a flagged copy the valid event's identity; a rebuild repairs that."""
+    expired = BROKEN_BODY.replace(b"Connection Created", b"Connection Expired")
+    valid = new_delivery(expired, "live")
+    copy = new_delivery(expired.replace(b'"environment":"live"', b'"environment":"test"'), "live")
+    assert copy.flags == ("environment_mismatch",)
+    conn = open_projected(db_path)
+    # The row such a release wrote: the flagged copy under the valid event's key, first.
+    appended = log.append_batch(conn, [replace(copy, event_key=valid.event_key), valid])
+    assert [a.duplicate_of for a in appended] == [None, 1]
+    replay.rebuild(conn)
+    assert conn.execute("SELECT status FROM connections").fetchall() == [("expired",)]
