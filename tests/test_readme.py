@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from projector.integrity import HASHED_COLUMNS
 from tests.support import REPO, Service, sample_bodies
 
 README = REPO / "README.md"
@@ -250,6 +251,20 @@ def test_shell_blocks_hold_only_commands_so_they_paste() -> None:
                 f"{example.where}: output {line!r} inside a ```sh block would run as a command; "
                 "show it in a plain ``` block right after"
             )
+
+
+def test_readme_says_next_to_each_shown_log_hash_that_it_cannot_be_reproduced() -> None:
+    assert "received_at" in HASHED_COLUMNS  # the reason the README gives must stay true
+    showing_a_hash = [
+        example
+        for example in examples(README.read_text())
+        if HASH.search(example.commands.text + (example.output.text if example.output else ""))
+    ]
+    assert len(showing_a_hash) >= 2  # /v1/projections and `projector verify`
+    for example in showing_a_hash:
+        last_paragraph = example.commands.prose_before.strip().split("\n\n")[-1]
+        assert "received_at" in last_paragraph, example.where
+        assert "differs" in last_paragraph, example.where
 
 
 @pytest.mark.e2e
