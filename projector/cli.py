@@ -100,7 +100,11 @@ async def _seed(settings: Settings, url: str, bodies: list[bytes]) -> None:
     if state.log_head:
         logger.info("seed_skipped", reason="the log is not empty", log_head=state.log_head)
         return
-    report = await send_bodies(f"{url}/webhooks/refold", bodies, settings.signing_keys, "test")
+    # One at a time, in file order: every fresh `make run` gives each line the same seq, so
+    # the answers shown in the README (seqs, duplicates, cursors) are the ones a reader gets.
+    report = await send_bodies(
+        f"{url}/webhooks/refold", bodies, settings.signing_keys, "test", concurrency=1
+    )
     logger.info(
         "seeded",
         sent=report.sent,

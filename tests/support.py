@@ -83,6 +83,7 @@ class Service:
     db: Path
     port: int = field(default_factory=free_port)
     extra_env: dict[str, str] = field(default_factory=dict)
+    serve_args: tuple[str, ...] = ()  # more `projector serve` arguments, e.g. --seed FILE
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -96,9 +97,10 @@ class Service:
 
     def start(self, timeout: float = 30) -> Service:
         self.log_path = self.db.with_suffix(f".{self.port}.log")
+        command = [sys.executable, "-m", "projector.cli", "serve", "--port", str(self.port)]
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "projector.cli", "serve", "--port", str(self.port)],
+                [*command, *self.serve_args],
                 env=self.env,
                 stdout=log_file,
                 stderr=log_file,
