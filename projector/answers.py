@@ -84,8 +84,10 @@ class WorkflowRunSummary(Answer):
 
 class WorkflowRunAnswer(WorkflowRunSummary):
     deliveries: list[RunDelivery] = Field(
-        description="Every verified delivery for this run, duplicates included, in log order."
+        description="A page of the verified deliveries for this run, duplicates included, in"
+        " log order; next_cursor gives the next page."
     )
+    next_cursor: str | None
 
 
 class WorkflowRunList(Answer):

@@ -119,10 +119,14 @@ async def list_connections(request: web.Request) -> web.Response:
 
 
 async def workflow_run(request: web.Request) -> web.Response:
-    params = _params(request, ())
+    params = _params(request, ("limit", "cursor"))
+    environment, limit = _environment(params), _limit(params)
     instance_id = request.match_info["instance_id"]
     async with request.app[READERS].connection() as conn:
-        answer = await queries.workflow_run(conn, _environment(params), instance_id)
+        with _cursor_checked():
+            answer = await queries.workflow_run(
+                conn, environment, instance_id, limit, params.get("cursor")
+            )
     if answer is None:
         raise ApiError(
             404,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Every stored column but the hash itself, in a fixed order: changing any byte of any of
 # them, or dropping, inserting or reordering rows, breaks the chain from that row on.
@@ -81,7 +81,23 @@ def hashed_rows(
 
 
 def verify_chain(conn: sqlite3.Connection, chunk: int = 5000) -> ChainReport:
-    """Walk the whole log; report the first row breaking the sequence or the chain."""
+    """Walk the whole log; report the first row breaking the sequence or the chain.
+
+    The walk and the count of rows run in one read transaction (one snapshot), so rows
+    appended meanwhile by a running server are neither walked nor counted.
+    """
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")
+    try:
+        report = _walk(conn, chunk)
+        return _outside_the_chain(conn, report) if report.intact else report
+    finally:
+        if own:
+            conn.execute("COMMIT")
+
+
+def _walk(conn: sqlite3.Connection, chunk: int) -> ChainReport:
     expected_seq, previous, rows = 1, GENESIS_HASH, 0
     for seq, content, stored in hashed_rows(conn, chunk):
         if seq != expected_seq:
@@ -96,6 +112,28 @@ def verify_chain(conn: sqlite3.Connection, chunk: int = 5000) -> ChainReport:
             return ChainReport(rows, expected_seq - 1, previous, expected_seq, problem)
         previous, expected_seq, rows = computed, expected_seq + 1, rows + 1
     return ChainReport(rows, expected_seq - 1, previous)
+
+
+def _outside_the_chain(conn: sqlite3.Connection, walked: ChainReport) -> ChainReport:
+    """`walked` (intact), or the first row the walk of seq 1.. never reached (seq 0 or less)."""
+    # The walk starts at seq 1, so a row below it (written with the guards dropped, or into a
+    # log created before the CHECK on seq) would go unseen: the table must hold the walk alone.
+    count, lowest, highest = conn.execute(
+        "SELECT count(*), min(seq), max(seq) FROM deliveries"
+    ).fetchone()
+    expected = (walked.rows, 1, walked.head_seq) if walked.rows else (0, None, None)
+    if (count, lowest, highest) == expected:
+        return walked
+    seq = conn.execute(
+        "SELECT seq FROM deliveries WHERE seq < 1 OR seq > ? ORDER BY seq LIMIT 1",
+        (walked.head_seq,),
+    ).fetchone()[0]
+    problem = (
+        f"a row with seq {seq} lies outside the chain's seq 1..{walked.head_seq}: the log "
+        f"holds {count} rows, the chain {walked.rows}; rows are numbered from 1 and only ever "
+        "appended at the head, so this one was put in by other means"
+    )
+    return replace(walked, broken_at=seq, problem=problem)
 
 
 def head_hash(conn: sqlite3.Connection) -> tuple[int, str]:

@@ -18,7 +18,7 @@ Change = ConnectionChange | WorkflowOutcome
 
 _CREATE_LOG = """
     CREATE TABLE deliveries (
-        seq INTEGER PRIMARY KEY,
+        seq INTEGER PRIMARY KEY CHECK (seq > 0),
         received_at TEXT NOT NULL,
         environment TEXT NOT NULL,
         key_id TEXT NOT NULL,
@@ -287,14 +287,15 @@ def insert_many(conn: sqlite3.Connection, insert: str, rows: Sequence[Sequence[A
 
 
 def _first_seqs(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
-    """The first seq logged under each of `keys` that has one."""
+    """The first seq (from 1 on) logged under each of `keys` that has one."""
     found: dict[str, int] = {}
     for start in range(0, len(keys), 10_000):  # SQLite binds at most 32,766 values
         part = keys[start : start + 10_000]
         found.update(
             conn.execute(
-                "SELECT event_key, min(seq) FROM deliveries"
-                f" WHERE event_key IN ({', '.join('?' * len(part))}) GROUP BY event_key",
+                # seq > 0: a row slipped in below the chain must not make a delivery a repeat.
+                "SELECT event_key, min(seq) FROM deliveries WHERE seq > 0"
+                f" AND event_key IN ({', '.join('?' * len(part))}) GROUP BY event_key",
                 part,
             ).fetchall()
         )
@@ -366,9 +367,10 @@ def _logged(row: tuple[Any, ...]) -> LoggedDelivery:
 
 
 def read_after(conn: sqlite3.Connection, after: int, limit: int) -> list[LoggedDelivery]:
-    """Up to `limit` deliveries with seq > `after`, in log order."""
+    """Up to `limit` deliveries with seq > `after` (and seq >= 1), in log order."""
+    # Never a row below seq 1: `projector verify` walks 1..head, so only those are proven.
     rows = conn.execute(
-        f"SELECT {_LOGGED_COLUMNS} FROM deliveries WHERE seq > ? ORDER BY seq LIMIT ?",
+        f"SELECT {_LOGGED_COLUMNS} FROM deliveries WHERE seq > max(?, 0) ORDER BY seq LIMIT ?",
         (after, limit),
     ).fetchall()
     return [_logged(row) for row in rows]

@@ -151,7 +151,8 @@ def _catch_up(conn: sqlite3.Connection, limit: int, known: Mapping[int, log.Comm
         # Positions are read inside the transaction: a concurrent `projector rebuild` may
         # have swapped in new tables and positions since the last batch.
         positions = _positions(conn)
-        start = int(min(position for position, _ in positions.values()))
+        # Never below 0: the log proven by `projector verify` starts at seq 1.
+        start = max(0, int(min(position for position, _ in positions.values())))
         end = min(log.head(conn), start + limit)
         if all(seq in known for seq in range(start + 1, end + 1)):
             read = _known_changes(known, start, end)

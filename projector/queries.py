@@ -112,6 +112,8 @@ _RUN_COLUMNS = (
     "instance_id, workflow_id, workflow_name, config_id, linked_account_id, environment, status"
 )
 
+_RUN_COLUMNS_OF_R = ", ".join(f"r.{column}" for column in _RUN_COLUMNS.split(", "))
+
 
 def _run_summary(row: tuple[Any, ...]) -> answers.WorkflowRunSummary:
     instance, workflow, name, config, account, environment, status = row
@@ -127,26 +129,31 @@ def _run_summary(row: tuple[Any, ...]) -> answers.WorkflowRunSummary:
 
 
 async def workflow_run(
-    conn: aiosqlite.Connection, environment: str, instance_id: str
+    conn: aiosqlite.Connection, environment: str, instance_id: str, limit: int, cursor: str | None
 ) -> answers.WorkflowRunAnswer | None:
-    """One run and every delivery that spoke of it, or None if unknown."""
+    """One run and a page of the deliveries that spoke of it (by seq), or None if unknown."""
+    after = decode_cursor(cursor, int)[0] if cursor is not None else 0
+    # One statement, so one snapshot: the run's status and its page of deliveries cannot
+    # disagree because a delivery was appended and folded between two reads.
     rows = await fetch_rows(
         conn,
-        f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE environment = ? AND instance_id = ?",
+        f"SELECT {_RUN_COLUMNS_OF_R}, d.seq, d.event, d.body, d.duplicate_of"
+        " FROM workflow_runs AS r LEFT JOIN (SELECT seq, event, body, duplicate_of FROM deliveries"
+        " WHERE environment = ? AND instance_id = ? AND seq > ? ORDER BY seq LIMIT ?) AS d"
+        " WHERE r.environment = ? AND r.instance_id = ? ORDER BY d.seq",
+        environment,
+        instance_id,
+        after,
+        limit + 1,
         environment,
         instance_id,
     )
     if not rows:
         return None
-    logged = await fetch_rows(
-        conn,
-        "SELECT seq, event, body, duplicate_of FROM deliveries"
-        " WHERE environment = ? AND instance_id = ? ORDER BY seq LIMIT 1000",
-        environment,
-        instance_id,
-    )
+    # A page without deliveries comes back as one row whose delivery columns are NULL.
+    logged = [row[7:] for row in rows if row[7] is not None]
     deliveries = []
-    for seq, event, body, duplicate_of in logged:
+    for seq, event, body, duplicate_of in logged[:limit]:
         payload, _ = load_json_object(body)
         status = payload.get("status") if payload else None
         deliveries.append(
@@ -157,8 +164,12 @@ async def workflow_run(
                 status=status.lower() if isinstance(status, str) else None,
             )
         )
-    summary = _run_summary(rows[0])
-    return answers.WorkflowRunAnswer(**summary.model_dump(), deliveries=deliveries)
+    more = len(logged) > limit
+    return answers.WorkflowRunAnswer(
+        **_run_summary(rows[0][:7]).model_dump(),
+        deliveries=deliveries,
+        next_cursor=encode_cursor(deliveries[-1].seq) if more else None,
+    )
 
 
 async def account_runs(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -11,6 +12,7 @@ from projector import log, projection, replay
 from projector.config import fingerprint
 from projector.events import ConnectionChange, parse_delivery
 from projector.fold import ConnectionHealth, fold_connection
+from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash
 from projector.readmodels import READ_MODELS
 from projector.sender import environment_of
 from tests.support import KEY_BY_ENVIRONMENT, sample_bodies
@@ -143,3 +145,59 @@ def before_first_begin(conn: sqlite3.Connection, race: Callable[[], Any]) -> lis
 
     conn.set_trace_callback(trace)
     return results
+
+
+# --- an attacker with file access ---------------------------------------------------------
+
+# A valid event that no sample delivery touches: if it is folded, its account shows up.
+SLIPPED_ACCOUNT = "acct_slipped"
+SLIPPED_BODY = (
+    b'{"linked_account_id":"acct_slipped","org_id":"o","environment":"live","type":"General",'
+    b'"event":"Connection Expired","slug":"gmail","createdAt":"Mon, 01 Jun 2026 05:42:56 GMT"}'
+)
+
+
+def without_seq_check(path: Path) -> None:
+    """Give the log at `path` the schema logs created before `CHECK (seq > 0)` still have."""
+    # If the CHECK were left in place, slip_in below seq 1 would fail: no test passes by it.
+    conn = sqlite3.connect(path)
+    try:
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'deliveries'").fetchone()[0]
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute(
+            "UPDATE sqlite_master SET sql = ? WHERE name = 'deliveries'",
+            (sql.replace(" CHECK (seq > 0)", ""),),
+        )
+        conn.commit()
+    finally:
+        conn.close()  # the next connection reads the edited schema
+
+
+def slip_in(conn: sqlite3.Connection, seq: int, delivery: log.NewDelivery) -> None:
+    """Insert `delivery` at `seq` as someone editing the file would: guard triggers dropped."""
+    for (trigger,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'deliveries'"
+    ).fetchall():
+        conn.execute(f"DROP TRIGGER {trigger}")
+    content = (
+        seq,
+        delivery.received_at,
+        delivery.environment,
+        delivery.key_id,
+        delivery.signed_as,
+        json.dumps(delivery.headers, sort_keys=True),
+        delivery.body,
+        delivery.event,
+        delivery.kind,
+        delivery.linked_account_id,
+        delivery.slug,
+        delivery.instance_id,
+        delivery.event_key,
+        json.dumps(list(delivery.flags)),
+        None,
+    )
+    columns = ", ".join((*HASHED_COLUMNS, "row_hash"))
+    conn.execute(
+        f"INSERT INTO deliveries ({columns}) VALUES ({', '.join('?' * 16)})",
+        (*content, row_hash(GENESIS_HASH, content)),
+    )

@@ -23,8 +23,9 @@ from projector import log, readers
 from projector.api import bearer_auth
 from projector.app import build_app
 from projector.config import load_settings
+from projector.queries import encode_cursor
 from projector.sender import environment_of
-from tests.storage_support import delivery_of, open_log
+from tests.storage_support import catch_up, delivery_of, new_delivery, open_log, open_projected
 from tests.support import (
     AUTH,
     KEY_BY_ENVIRONMENT,
@@ -588,6 +589,119 @@ async def test_account_runs_filtered_by_status_errored_list_only_errored_runs(
         assert {r["instance_id"]: r["status"] for r in everything} == by_account[
             environment, account
         ]
+
+
+# --- a run with more deliveries than one page ------------------------------------------------
+
+LONG_RUN = "10000000000000000000a11"
+
+
+def run_event(instance: str, status: str, attempt: int) -> bytes:
+    """A live workflow event of `instance`; each attempt is a new event, a repeat a retry."""
+    payload = {
+        "linked_account_id": "acct_long",
+        "instance_id": instance,
+        "workflow_id": "wf_long",
+        "event": f"Workflow {status.title()}",
+        "workflow_name": "Sync Everything",
+        "status": status,
+        "environment": "live",
+        "attempts": attempt,
+    }
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def long_run_log(path: Path) -> list[dict[str, Any]]:
+    """1,234 deliveries of LONG_RUN (errors, retries, then completed) among 308 of another
+    run, appended and folded straight through the log; LONG_RUN's deliveries as answered."""
+    bodies = []
+    for attempt in range(1, 1234):
+        # Every tenth attempt repeats the one before exactly: a retry, marked duplicate.
+        bodies.append(run_event(LONG_RUN, "ERRORED", attempt if attempt % 10 else attempt - 1))
+        if attempt % 4 == 0:
+            bodies.append(run_event("20000000000000000000b22", "ERRORED", attempt))
+    bodies.append(run_event(LONG_RUN, "COMPLETED", 1234))
+    conn = open_projected(path)
+    appended = log.append_batch(conn, [new_delivery(body, "live") for body in bodies])
+    catch_up(conn)
+    conn.close()
+    return [
+        {
+            "seq": landed.seq,
+            "event": json.loads(body)["event"],
+            "status": json.loads(body)["status"].lower(),
+            "duplicate": landed.duplicate_of is not None,
+        }
+        for body, landed in zip(bodies, appended, strict=True)
+        if LONG_RUN.encode() in body
+    ]
+
+
+@pytest.mark.parametrize("limit", [1000, 617, 100])
+async def test_a_run_with_more_than_1000_deliveries_is_returned_whole_over_pages(
+    tmp_path: Path, limit: int
+) -> None:
+    """Pages of `limit` (617 divides the 1,234 exactly) follow next_cursor to every delivery."""
+    settings = load_settings(
+        db=tmp_path / "long.sqlite3", signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN
+    )
+    expected = long_run_log(settings.db)
+    assert len(expected) == 1234
+    assert sum(d["duplicate"] for d in expected) == 123
+    async with TestClient(TestServer(build_app(settings), host="127.0.0.1")) as client:
+        pages = []
+        url = f"/v1/workflow-runs/{LONG_RUN}?limit={limit}"
+        for _ in range(20):  # bounded: 13 pages at most
+            pages.append(await get_json(client, url))
+            if pages[-1]["next_cursor"] is None:
+                break
+            url = f"/v1/workflow-runs/{LONG_RUN}?limit={limit}&cursor={pages[-1]['next_cursor']}"
+    assert [len(page["deliveries"]) for page in pages] == [
+        min(limit, 1234 - start) for start in range(0, 1234, limit)
+    ]
+    assert [d for page in pages for d in page["deliveries"]] == expected
+    summaries = [
+        {k: v for k, v in page.items() if k not in ("deliveries", "next_cursor")} for page in pages
+    ]
+    assert summaries == [summaries[0]] * len(pages)
+    assert (summaries[0]["status"], summaries[0]["workflow_id"]) == ("completed", "wf_long")
+
+
+async def test_pages_of_a_run_are_kept_and_tagged_apart(tmp_path: Path) -> None:
+    """The answer cache keys on the whole URL: one page's answer never stands for another's."""
+    settings = load_settings(
+        db=tmp_path / "pages.sqlite3", signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN
+    )
+    expected = [d["seq"] for d in long_run_log(settings.db)]
+    async with TestClient(TestServer(build_app(settings), host="127.0.0.1")) as client:
+        first_url = f"/v1/workflow-runs/{LONG_RUN}?limit=2"
+        first = await client.get(first_url, headers=AUTH)
+        second_url = f"{first_url}&cursor={(await first.json())['next_cursor']}"
+        second = await client.get(second_url, headers=AUTH)
+        again = await client.get(first_url, headers=AUTH)
+        # The first page's tag offered for the second page: no match, the whole page comes.
+        offered = await client.get(
+            second_url, headers={**AUTH, "If-None-Match": first.headers["ETag"]}
+        )
+        assert [d["seq"] for d in (await first.json())["deliveries"]] == expected[:2]
+        assert [d["seq"] for d in (await second.json())["deliveries"]] == expected[2:4]
+        assert first.headers["ETag"] != second.headers["ETag"]
+        assert again.headers["ETag"] == first.headers["ETag"]
+        assert await again.read() == await first.read()
+        assert offered.status == 200
+        assert await offered.read() == await second.read()
+
+
+async def test_a_run_page_with_a_bad_limit_or_cursor_is_400(client: TestClient) -> None:
+    """The run's deliveries take limit and cursor as every list does, with the same errors."""
+    url = "/v1/workflow-runs/67d22c4330d75f3a3fa29056"
+    for limit in ("0", "1001", "abc"):
+        answer = await client.get(url, params={"limit": limit}, headers=AUTH)
+        await assert_error(answer, 400, "invalid_limit")
+    connections = await get_json(client, "/v1/connections?limit=1")
+    for cursor in (connections["next_cursor"], "bm90LWEtY3Vyc29y", encode_cursor(-1)):
+        answer = await client.get(url, params={"cursor": cursor}, headers=AUTH)
+        await assert_error(answer, 400, "invalid_cursor")
 
 
 # --- the audit trail --------------------------------------------------------------------

@@ -11,7 +11,15 @@ from aiohttp.test_utils import TestClient
 from projector import integrity, log
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash, verify_chain
 from projector.sender import environment_of
-from tests.storage_support import append_all, open_log, sample_deliveries
+from tests.storage_support import (
+    SLIPPED_BODY,
+    append_all,
+    delivery_of,
+    open_log,
+    sample_deliveries,
+    slip_in,
+    without_seq_check,
+)
 from tests.support import AUTH, KEY_BY_ENVIRONMENT, run_cli, sample_bodies, service_env, signed
 
 ROW = (7, "2026-07-01T12:00:00Z", "live", "k", "raw", "{}", b"{}", None, None, "a", "s", None,
@@ -232,3 +240,63 @@ async def test_projections_answer_shows_the_head_hash_verify_computes(
     state = await (await client.get("/v1/projections", headers=AUTH)).json()
     report = verify_chain(log.connect(db_path, readonly=True))
     assert (state["log_head"], state["log_head_hash"]) == (5, report.head_hash)
+
+
+# --- rows outside the chain's seq 1..head -------------------------------------------------------
+
+
+def slipped(path: Path, seq: int) -> sqlite3.Connection:
+    """A 40-row log created before CHECK (seq > 0), with a row slipped in at `seq`."""
+    logged(path).close()
+    without_seq_check(path)
+    conn = log.connect(path)
+    slip_in(conn, seq, delivery_of(SLIPPED_BODY))
+    return conn
+
+
+@pytest.mark.parametrize("seq", [0, -7])
+def test_a_row_slipped_in_below_seq_1_is_reported_at_its_seq(db_path: Path, seq: int) -> None:
+    """The walk starts at seq 1; counting the table shows the row it never reached."""
+    report = verify_chain(slipped(db_path, seq), chunk=7)
+    assert (report.intact, report.broken_at, report.rows, report.head_seq) == (False, seq, 40, 40)
+    assert report.problem is not None
+    assert f"a row with seq {seq} lies outside the chain's seq 1..40" in report.problem
+    assert "the log holds 41 rows, the chain 40" in report.problem
+
+
+@pytest.mark.parametrize(
+    ("seq", "named"),
+    [(0, "broken at seq 0: a row with seq 0 lies outside"),
+     (-7, "broken at seq -7: a row with seq -7 lies outside"),
+     (50, "broken at seq 41: seq 41 is missing: the next row has seq 50")],
+    ids=["zero", "negative", "beyond_the_head"],
+)  # fmt: skip
+def test_verify_exits_1_naming_a_row_slipped_in_outside_seq_1_to_head(
+    db_path: Path, seq: int, named: str
+) -> None:
+    """`projector verify` fails on a log holding a row its chain does not cover, and names it."""
+    slipped(db_path, seq).close()
+    done = run_cli("verify", env=service_env(db_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"chain: {named}" in done.stdout
+    assert "intact up to seq 40" in done.stdout
+    assert done.stdout.rstrip().endswith("log NOT intact: restore from a backup you verified")
+
+
+def test_rows_appended_while_verify_walks_are_neither_walked_nor_counted(db_path: Path) -> None:
+    """The walk and the count read one snapshot: a running server's appends are no break."""
+    conn = logged(db_path)
+    writer = log.connect(db_path)
+    appended: list[int] = []
+
+    def append_before_the_count(statement: str) -> None:
+        if statement.startswith("SELECT count(*)") and not appended:
+            appended.extend(a.seq for a in log.append_batch(writer, sample_deliveries()[40:45]))
+
+    conn.set_trace_callback(append_before_the_count)
+    report = verify_chain(conn, chunk=7)
+    conn.set_trace_callback(None)
+    assert appended == [41, 42, 43, 44, 45]  # the append really landed during the walk
+    assert report.intact, report.problem
+    assert (report.rows, report.head_seq) == (40, 40)
+    assert verify_chain(conn).head_seq == 45

@@ -11,11 +11,14 @@ import pytest
 
 from projector import log
 from tests.storage_support import (
+    SLIPPED_BODY,
     before_first_begin,
     delivery_of,
     new_delivery,
     open_log,
     sample_deliveries,
+    slip_in,
+    without_seq_check,
 )
 
 CREATED = (
@@ -263,3 +266,46 @@ def test_header_text_is_always_encodable_utf8(value: str, text: str) -> None:
     """Header values the log keeps can always be stored and sent back in a JSON answer."""
     assert log.header_text(value) == text
     text.encode("utf-8")
+
+
+# --- rows slipped in below seq 1 -------------------------------------------------------------
+
+
+def test_a_new_log_refuses_a_seq_below_1_even_with_the_guard_triggers_dropped(
+    db_path: Path,
+) -> None:
+    """CHECK (seq > 0) is part of the table: dropping the triggers does not lift it."""
+    conn = open_log(db_path)
+    log.append_batch(conn, [delivery_of(CREATED)])
+    for seq in (0, -3):
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            slip_in(conn, seq, delivery_of(SLIPPED_BODY))
+    assert conn.execute("SELECT seq FROM deliveries").fetchall() == [(1,)]
+
+
+def slipped_log(path: Path, seqs: tuple[int, ...], count: int = 20) -> sqlite3.Connection:
+    """A log created before CHECK (seq > 0), of `count` samples plus rows slipped in at `seqs`."""
+    conn = open_log(path)
+    log.append_batch(conn, sample_deliveries()[:count])
+    conn.close()
+    without_seq_check(path)
+    conn = log.connect(path)
+    for seq in seqs:
+        slip_in(conn, seq, delivery_of(SLIPPED_BODY))
+    return conn
+
+
+def test_read_after_never_returns_a_row_below_seq_1(db_path: Path) -> None:
+    """Folding reads only the rows verify walks, whatever position it is asked to start from."""
+    conn = slipped_log(db_path, (0, -2))
+    assert [d.seq for d in log.read_after(conn, -5, 100)] == list(range(1, 21))
+    assert [d.seq for d in log.read_after(conn, 0, 3)] == [1, 2, 3]
+
+
+def test_a_row_slipped_in_below_seq_1_does_not_make_a_new_delivery_a_repeat(
+    db_path: Path,
+) -> None:
+    """Only rows from seq 1 on can be the first of an event: the new one is no repeat."""
+    conn = slipped_log(db_path, (0,))
+    [appended] = log.append_batch(conn, [delivery_of(SLIPPED_BODY)])
+    assert appended == log.Appended(21, None)

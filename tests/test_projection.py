@@ -26,6 +26,7 @@ from tests.storage_support import (
     BROKEN_BODY,
     BROKEN_SLUG,
     NAMES,
+    SLIPPED_BODY,
     append_all,
     catch_up,
     delivery_of,
@@ -37,6 +38,8 @@ from tests.storage_support import (
     read_models,
     rebuilt,
     sample_deliveries,
+    slip_in,
+    without_seq_check,
 )
 from tests.support import (
     AUTH,
@@ -153,6 +156,23 @@ def test_positions_advance_over_a_log_of_only_skipped_deliveries(db_path: Path) 
     catch_up(conn)
     assert positions(conn) == dict.fromkeys(NAMES, 2)
     assert read_models(conn) == {"connections": [], "workflow_runs": []}
+
+
+def test_catch_up_from_a_position_below_0_folds_from_seq_1_on(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """Catch-up reads only seq 1..head, the rows verify walks, even from an edited position."""
+    deliveries = sample_deliveries()[:30]
+    conn = open_projected(db_path)
+    conn.close()
+    without_seq_check(db_path)
+    conn = log.connect(db_path)
+    slip_in(conn, 0, delivery_of(SLIPPED_BODY))
+    conn.execute("UPDATE projections SET position = -1")
+    append_all(conn, deliveries)
+    catch_up(conn, 7)
+    assert positions(conn) == dict.fromkeys(NAMES, 30)
+    assert read_models(conn) == rebuilt(tmp_path / "fresh.sqlite3", deliveries)
 
 
 def test_a_fold_error_is_recorded_and_the_projector_goes_on(

@@ -11,10 +11,10 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from projector import queries
+from projector import log, queries
 from projector.queries import InvalidCursor, decode_cursor, encode_cursor
 from projector.readers import AccountReads, ReaderPool
-from tests.storage_support import ODD_BODY, direct
+from tests.storage_support import ODD_BODY, catch_up, direct, new_delivery, open_projected
 
 ENVIRONMENTS = ("live", "test")
 
@@ -293,7 +293,7 @@ async def test_workflow_run_lists_its_deliveries_in_seq_order_with_duplicates_ma
         "SELECT environment, instance_id FROM deliveries WHERE instance_id IS NOT NULL"
         " AND duplicate_of IS NOT NULL ORDER BY seq LIMIT 1",
     )[0]
-    answer = await queries.workflow_run(reader, environment, instance)
+    answer = await queries.workflow_run(reader, environment, instance, 1000, None)
     assert answer is not None
     expected = direct(
         populated,
@@ -312,7 +312,9 @@ async def test_workflow_run_lists_its_deliveries_in_seq_order_with_duplicates_ma
 
 async def test_workflow_run_of_an_unknown_instance_is_none(reader: aiosqlite.Connection) -> None:
     """No run, no answer."""
-    assert await queries.workflow_run(reader, "live", "000000000000000000000000") is None
+    assert (
+        await queries.workflow_run(reader, "live", "000000000000000000000000", 1000, None) is None
+    )
 
 
 async def test_workflow_run_is_scoped_to_its_environment(
@@ -323,8 +325,8 @@ async def test_workflow_run_is_scoped_to_its_environment(
         populated, "SELECT environment, instance_id FROM workflow_runs LIMIT 1"
     )[0]
     other = "test" if environment == "live" else "live"
-    assert await queries.workflow_run(reader, environment, instance) is not None
-    assert await queries.workflow_run(reader, other, instance) is None
+    assert await queries.workflow_run(reader, environment, instance, 1000, None) is not None
+    assert await queries.workflow_run(reader, other, instance, 1000, None) is None
 
 
 # --- audit -----------------------------------------------------------------------------------
@@ -463,3 +465,47 @@ async def test_projection_states_report_the_log_head_and_caught_up_positions(
         ("connection_health", count, 0),
         ("workflow_runs", count, 0),
     ]
+
+
+# --- one snapshot per answer ------------------------------------------------------------------
+
+RUN = "30000000000000000000c33"
+
+
+def run_event(status: str) -> bytes:
+    return json.dumps(
+        {"linked_account_id": "acct_snap", "instance_id": RUN, "workflow_id": "wf",
+         "event": f"Workflow {status.title()}", "status": status, "environment": "live"}
+    ).encode()  # fmt: skip
+
+
+async def test_a_run_and_its_deliveries_are_read_from_one_snapshot(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery appended and folded while the answer is read is in neither part, or both."""
+    writer = open_projected(db_path)
+    log.append_batch(writer, [new_delivery(run_event("ERRORED"), "live")])
+    catch_up(writer)
+    fetch_rows, landed = queries.fetch_rows, []
+
+    async def fetch_then_complete_the_run(
+        conn: aiosqlite.Connection, sql: str, *params: Any
+    ) -> Any:
+        rows = await fetch_rows(conn, sql, *params)
+        if not landed:  # the first read of the answer is done: another request completes the run
+            landed.extend(log.append_batch(writer, [new_delivery(run_event("COMPLETED"), "live")]))
+            catch_up(writer)
+        return rows
+
+    monkeypatch.setattr(queries, "fetch_rows", fetch_then_complete_the_run)
+    async with ReaderPool(db_path) as pool, pool.connection() as conn:
+        during = await queries.workflow_run(conn, "live", RUN, 100, None)
+        after = await queries.workflow_run(conn, "live", RUN, 100, None)
+    assert [a.seq for a in landed] == [2]
+    assert during is not None
+    assert after is not None
+    assert (during.status, [d.status for d in during.deliveries]) == ("errored", ["errored"])
+    assert (after.status, [d.status for d in after.deliveries]) == (
+        "completed",
+        ["errored", "completed"],
+    )

@@ -13,6 +13,8 @@ from projector.readmodels import CONNECTION_HEALTH, WORKFLOW_RUNS
 from tests.storage_support import (
     BROKEN_BODY,
     NAMES,
+    SLIPPED_ACCOUNT,
+    SLIPPED_BODY,
     append_all,
     before_first_begin,
     catch_up,
@@ -25,6 +27,8 @@ from tests.storage_support import (
     read_models,
     rebuilt,
     sample_deliveries,
+    slip_in,
+    without_seq_check,
 )
 
 
@@ -176,3 +180,23 @@ def test_a_rebuild_folds_a_valid_event_an_older_release_logged_as_a_flagged_ones
     assert [a.duplicate_of for a in appended] == [None, 1]
     replay.rebuild(conn)
     assert conn.execute("SELECT status FROM connections").fetchall() == [("expired",)]
+
+
+@pytest.mark.parametrize("seq", [0, -4])
+@pytest.mark.parametrize("kind", ["connection", None], ids=["sorted_read", "stray"])
+def test_a_rebuild_never_folds_a_row_slipped_in_below_seq_1(
+    db_path: Path, tmp_path: Path, seq: int, kind: str | None
+) -> None:
+    """Rebuild folds seq 1..head, the rows verify walks; a row below it changes nothing.
+
+    Filed under its kind it would reach the sorted read; filed under none, the strays.
+    """
+    deliveries = sample_deliveries()[:60]
+    log.append_batch(open_log(db_path), deliveries)
+    without_seq_check(db_path)
+    conn = log.connect(db_path)
+    slip_in(conn, seq, replace(delivery_of(SLIPPED_BODY), kind=kind))
+    assert replay.rebuild(conn, chunk=16) == 60
+    tables = read_models(conn)
+    assert SLIPPED_ACCOUNT not in {row[1] for row in tables["connections"]}
+    assert tables == rebuilt(tmp_path / "fresh.sqlite3", deliveries)
