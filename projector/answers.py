@@ -32,6 +32,10 @@ class DeliveryAccepted(Answer):
     seq: int
     environment: str
     duplicate: bool = Field(description="True when it repeats an event already in the log.")
+    flags: list[str] = Field(
+        description="Why the delivery was stored but is skipped by the projectors, e.g. "
+        "'missing_field:slug'; empty when it is clean."
+    )
 
 
 class AccountConnection(Answer):

@@ -188,6 +188,7 @@ def make_receiver(
                 seq=appended.seq,
                 environment=environment,
                 duplicate=appended.duplicate_of is not None,
+                flags=list(parsed.flags),
             )
         )
 

@@ -107,7 +107,7 @@ async def test_signed_connection_delivery_answers_200_with_seq_1_live_not_duplic
 ) -> None:
     answer = await client.post(WEBHOOK, data=BODY, headers=signed(BODY))
     assert answer.status == 200
-    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False}
+    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False, "flags": []}
 
 
 async def test_same_bytes_again_are_stored_as_duplicate_with_the_next_seq(
@@ -116,7 +116,7 @@ async def test_same_bytes_again_are_stored_as_duplicate_with_the_next_seq(
     await client.post(WEBHOOK, data=BODY, headers=signed(BODY))
     answer = await client.post(WEBHOOK, data=BODY, headers=signed(BODY))
     assert answer.status == 200
-    assert await answer.json() == {"seq": 2, "environment": "live", "duplicate": True}
+    assert await answer.json() == {"seq": 2, "environment": "live", "duplicate": True, "flags": []}
     assert (await audit_event(client, 2))["duplicate_of"] == 1
 
 
@@ -126,7 +126,7 @@ async def test_delivery_signed_with_the_test_key_is_in_the_test_environment(
     body = connection_body(environment="test")
     answer = await client.post(WEBHOOK, data=body, headers=signed(body, TEST_KEY))
     assert answer.status == 200
-    assert await answer.json() == {"seq": 1, "environment": "test", "duplicate": False}
+    assert await answer.json() == {"seq": 1, "environment": "test", "duplicate": False, "flags": []}
 
 
 async def test_old_rotated_live_key_is_accepted_and_recorded_as_the_key_that_matched(
@@ -134,7 +134,7 @@ async def test_old_rotated_live_key_is_accepted_and_recorded_as_the_key_that_mat
 ) -> None:
     answer = await client.post(WEBHOOK, data=BODY, headers=signed(BODY, LIVE_OLD_KEY))
     assert answer.status == 200
-    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False}
+    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False, "flags": []}
     detail = await audit_event(client, 1)
     assert detail["key_id"] == fingerprint("live", LIVE_OLD_KEY)
     assert detail["key_id"] != fingerprint("live", LIVE_KEY)
@@ -145,7 +145,7 @@ async def test_upper_case_hex_of_a_valid_signature_is_accepted(client: TestClien
     upper = sign_body(BODY, LIVE_KEY.encode()).upper()
     answer = await client.post(WEBHOOK, data=BODY, headers={SIGNATURE_HEADER: upper})
     assert answer.status == 200
-    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False}
+    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False, "flags": []}
 
 
 async def test_accepted_delivery_keeps_its_exact_bytes(client: TestClient) -> None:
@@ -178,7 +178,7 @@ async def test_same_connection_event_with_reordered_fields_is_a_duplicate(
     reordered = json.dumps(dict(reversed(json.loads(BODY).items()))).encode()
     await client.post(WEBHOOK, data=BODY, headers=signed(BODY))
     answer = await client.post(WEBHOOK, data=reordered, headers=signed(reordered))
-    assert await answer.json() == {"seq": 2, "environment": "live", "duplicate": True}
+    assert await answer.json() == {"seq": 2, "environment": "live", "duplicate": True, "flags": []}
 
 
 async def test_second_failure_of_a_run_with_new_attempt_count_is_not_a_duplicate(
@@ -378,10 +378,16 @@ async def test_signed_but_unusable_body_is_stored_flagged_and_kept_out_of_read_m
     body = FLAGGED[flag]
     answer = await client.post(WEBHOOK, data=body, headers=signed(body))
     assert answer.status == 200
-    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False}
+    # The sender sees at once that it was stored but flagged, and why.
+    assert await answer.json() == {
+        "seq": 1,
+        "environment": "live",
+        "duplicate": False,
+        "flags": [flag],
+    }
 
     detail = await audit_event(client, 1)
-    assert flag in detail["flags"]
+    assert detail["flags"] == [flag]
     assert base64.b64decode(detail["body_base64"]) == body
     if flag == "not_json":
         assert detail["flags"] == ["not_json"]
