@@ -17,7 +17,7 @@ from aiohttp import web
 from projector import integrity, log, projection, queries, replay, schemas
 from projector.app import build_app
 from projector.config import ConfigError, Settings, load_settings, normalise_environment
-from projector.flags import flag_problem
+from projector.flags import flag_argument
 from projector.logs import configure_logging
 from projector.readers import ReaderPool
 from projector.sender import send_bodies
@@ -41,14 +41,6 @@ def _environment(value: str) -> str:
     if environment is None:
         raise argparse.ArgumentTypeError(f"{value!r}: use test or live")
     return environment
-
-
-def _flag_name(value: str) -> str:
-    """A --flag option: a flag deliveries carry, checked with the API's words."""
-    problem = flag_problem(value)
-    if problem is not None:
-        raise argparse.ArgumentTypeError(problem)
-    return value
 
 
 def _read_bodies(path: Path) -> list[bytes]:
@@ -357,17 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--event", help="e.g. 'Connection Expired'")
     events.add_argument("--after", type=int, default=0, help="only seq greater than this")
     events.add_argument("--limit", type=int, help="at most this many events")
-    events.add_argument(
-        "--flagged",
-        action=argparse.BooleanOptionalAction,
-        help="--flagged: flagged deliveries only; --no-flagged: clean ones only",
-    )
-    events.add_argument(
-        "--flag",
-        type=_flag_name,
-        metavar="NAME",
-        help="only deliveries carrying this flag, e.g. unknown_event or missing_field:slug",
-    )
+    flagged = "flagged deliveries only (--no-flagged: clean ones only)"
+    events.add_argument("--flagged", action=argparse.BooleanOptionalAction, help=flagged)
+    flag = "only deliveries carrying flag NAME, e.g. missing_field:slug"
+    events.add_argument("--flag", type=flag_argument, metavar="NAME", help=flag)
     events.set_defaults(run=cmd_events)
 
     schema = _command(commands, "schemas", "write the JSON Schemas of payloads and answers")
