@@ -32,6 +32,10 @@ class DeliveryAccepted(Answer):
     seq: int
     environment: str
     duplicate: bool = Field(description="True when it repeats an event already in the log.")
+    flags: list[str] = Field(
+        description="Why the delivery was stored but is skipped by the projectors, e.g. "
+        "'missing_field:slug'; empty when it is clean."
+    )
 
 
 class AccountConnection(Answer):
@@ -134,6 +138,21 @@ class Projections(Answer):
     projections: list[ProjectionState]
 
 
+class FoldError(Answer):
+    seq: int = Field(description="The delivery the fold raised on (see GET /v1/events/{seq}).")
+    environment: str
+    event: str | None = Field(description="The delivery's Refold event name.")
+    error: str = Field(description="What the fold raised, e.g. 'KeyError: ...'.")
+
+
+class FoldErrorList(Answer):
+    """The dead letters of one projection: events its fold raised on, skipped, by seq."""
+
+    projection: str
+    errors: list[FoldError] = Field(description="Only the projection's current generation.")
+    next_cursor: str | None
+
+
 class Health(Answer):
     status: Literal["ok"]
 
@@ -148,5 +167,6 @@ ANSWERS: tuple[type[Answer], ...] = (
     AuditEventList,
     AuditEventDetail,
     Projections,
+    FoldErrorList,
     Health,
 )

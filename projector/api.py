@@ -15,7 +15,9 @@ from aiohttp.typedefs import Middleware
 from projector import answers, queries, readers
 from projector.answercache import AnswerCache, CachedAnswer
 from projector.config import normalise_environment
+from projector.flags import FLAGGED_CHOICES, flag_problem
 from projector.http import ApiError, Handler, error_response, json_answer
+from projector.readmodels import READ_MODELS
 
 logger = structlog.get_logger("projector.api")
 
@@ -153,10 +155,29 @@ async def account_runs(request: web.Request) -> web.Response:
     return json_answer(answer)
 
 
+def _flagged(params: dict[str, str]) -> bool | None:
+    raw = params.get("flagged")
+    if raw is not None and raw not in ("true", "false"):
+        message = f"flagged {raw[:40]!r} is not true or false: {FLAGGED_CHOICES}"
+        raise ApiError(400, "invalid_flagged", message)
+    return None if raw is None else raw == "true"
+
+
+def _flag(params: dict[str, str]) -> str | None:
+    flag = params.get("flag")
+    problem = None if flag is None else flag_problem(flag)
+    if problem is not None:
+        raise ApiError(400, "invalid_flag", problem)
+    return flag
+
+
 async def audit_events(request: web.Request) -> web.Response:
-    params = _params(request, ("linked_account_id", "event", "after", "limit", "cursor"))
+    params = _params(
+        request, ("linked_account_id", "event", "after", "limit", "cursor", "flagged", "flag")
+    )
     environment, limit = _environment(params), _limit(params)
     after = _seq(params.get("after", "0"), "after")
+    flagged, flag = _flagged(params), _flag(params)
     async with request.app[READERS].connection() as conn:
         with _cursor_checked():
             answer = await queries.audit_events(
@@ -167,6 +188,8 @@ async def audit_events(request: web.Request) -> web.Response:
                 after,
                 limit,
                 params.get("cursor"),
+                flagged=flagged,
+                flag=flag,
             )
     return json_answer(answer)
 
@@ -192,6 +215,29 @@ async def projections(request: web.Request) -> web.Response:
     return json_answer(answer)
 
 
+PROJECTION_NAMES = tuple(model.name for model in READ_MODELS)
+
+
+async def fold_errors(request: web.Request) -> web.Response:
+    params = _params(request, ("limit", "cursor"))
+    if "environment" in params:  # like the counts in /v1/projections: both environments
+        message = "fold errors of both environments are listed together, each naming its own"
+        raise ApiError(400, "unknown_parameter", f"{message}; this endpoint takes limit, cursor")
+    name = request.match_info["name"]
+    if name not in PROJECTION_NAMES:
+        raise ApiError(
+            404,
+            "projection_not_found",
+            f"no projection named {name[:60]!r}; the projections are "
+            f"{', '.join(PROJECTION_NAMES)} (see /v1/projections)",
+        )
+    limit = _limit(params)
+    async with request.app[READERS].connection() as conn:
+        with _cursor_checked():
+            answer = await queries.fold_errors(conn, name, limit, params.get("cursor"))
+    return json_answer(answer)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json_answer(answers.Health(status="ok"))
 
@@ -206,6 +252,7 @@ def add_query_routes(app: web.Application) -> None:
     app.router.add_get("/v1/events", audit_events)
     app.router.add_get("/v1/events/{seq}", audit_event)
     app.router.add_get("/v1/projections", projections)
+    app.router.add_get("/v1/projections/{name}/errors", fold_errors)
 
 
 # --- middlewares ------------------------------------------------------------------------

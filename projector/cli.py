@@ -17,6 +17,7 @@ from aiohttp import web
 from projector import integrity, log, projection, queries, replay, schemas
 from projector.app import build_app
 from projector.config import ConfigError, Settings, load_settings, normalise_environment
+from projector.flags import flag_argument
 from projector.logs import configure_logging
 from projector.readers import ReaderPool
 from projector.sender import send_bodies
@@ -235,6 +236,8 @@ async def _print_events(settings: Settings, args: argparse.Namespace) -> int:
                 args.after,
                 page_size,
                 cursor,
+                flagged=args.flagged,
+                flag=args.flag,
             )
             for event in page.events:
                 sys.stdout.write(event.model_dump_json() + "\n")
@@ -350,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--event", help="e.g. 'Connection Expired'")
     events.add_argument("--after", type=int, default=0, help="only seq greater than this")
     events.add_argument("--limit", type=int, help="at most this many events")
+    flagged = "flagged deliveries only (--no-flagged: clean ones only)"
+    events.add_argument("--flagged", action=argparse.BooleanOptionalAction, help=flagged)
+    flag = "only deliveries carrying flag NAME, e.g. missing_field:slug"
+    events.add_argument("--flag", type=flag_argument, metavar="NAME", help=flag)
     events.set_defaults(run=cmd_events)
 
     schema = _command(commands, "schemas", "write the JSON Schemas of payloads and answers")

@@ -28,14 +28,24 @@ def error_response(
 
 
 class ApiError(Exception):
-    """Raised by a handler to answer with an error; the middleware renders it."""
+    """Raised by a handler to answer with an error; the middleware renders it.
+
+    `context` is for the operator's log line about the error only; it is never sent.
+    """
 
     def __init__(
-        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        context: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = dict(headers or {})
+        self.context = dict(context or {})
 
     def response(self) -> web.Response:
         """This error as a JSON response."""

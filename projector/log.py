@@ -13,7 +13,7 @@ from typing import Any
 from projector.events import ConnectionChange, ParsedDelivery, WorkflowOutcome
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, hashed_rows, head_hash, row_hash
 
-LOG_SCHEMA_VERSION = 2
+LOG_SCHEMA_VERSION = 3
 Change = ConnectionChange | WorkflowOutcome
 
 _CREATE_LOG = """
@@ -77,10 +77,16 @@ def _add_hash_chain(conn: sqlite3.Connection) -> None:
     _run_script(conn, _NO_UPDATE)
 
 
+# Version 3 indexes the flagged deliveries (clean ones store exactly '[]'); a query uses the
+# index only when its WHERE holds this same term, literally.
+FLAGGED = "flags <> '[]'"
+_FLAGGED_INDEX = f"CREATE INDEX deliveries_flagged ON deliveries (environment, seq) WHERE {FLAGGED}"
+
 # Each entry migrates the log from version N to N+1; start-up applies the missing ones.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     lambda conn: _run_script(conn, _CREATE_LOG + ";\n" + _NO_UPDATE),
     _add_hash_chain,
+    lambda conn: _run_script(conn, _FLAGGED_INDEX),
 )
 
 

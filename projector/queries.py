@@ -234,8 +234,14 @@ async def audit_events(
     after: int,
     limit: int,
     cursor: str | None,
+    *,
+    flagged: bool | None = None,
+    flag: str | None = None,
 ) -> answers.AuditEventList:
-    """Every verified delivery in log order, duplicates and flagged ones included."""
+    """Every verified delivery in log order, duplicates and flagged ones included.
+
+    `flagged` keeps only flagged (True) or clean (False) ones; `flag` those carrying that flag.
+    """
     if cursor is not None:
         after = max(after, decode_cursor(cursor, int)[0])
     where, params = ["environment = ?", "seq > ?"], [environment, after]
@@ -243,6 +249,14 @@ async def audit_events(
         if value is not None:
             where.append(f"{column} = ?")
             params.append(value)
+    if flagged is not None:
+        where.append(log.FLAGGED if flagged else f"NOT ({log.FLAGGED})")
+    if flag is not None:
+        # One element of the JSON list, compared whole: missing_field:slu is not
+        # missing_field:slug. The FLAGGED term lets SQLite read only the flagged rows' index.
+        where.append(log.FLAGGED)
+        where.append("EXISTS (SELECT 1 FROM json_each(deliveries.flags) AS f WHERE f.value = ?)")
+        params.append(flag)
     rows = await fetch_rows(
         conn,
         f"SELECT {_EVENT_COLUMNS} FROM deliveries WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
@@ -292,4 +306,32 @@ async def projection_states(conn: aiosqlite.Connection) -> answers.Projections:
         projections=[
             answers.ProjectionState(name=n, version=v, position=p, errors=e) for n, v, p, e in rows
         ],
+    )
+
+
+async def fold_errors(
+    conn: aiosqlite.Connection, name: str, limit: int, cursor: str | None
+) -> answers.FoldErrorList:
+    """The events projection `name` raised on in its current generation, by seq."""
+    after = 0 if cursor is None else decode_cursor(cursor, int)[0]
+    # One statement, so one snapshot: a rebuild's swap cannot mix two generations' errors.
+    rows = await fetch_rows(
+        conn,
+        "SELECT e.seq, d.environment, d.event, e.error FROM projections AS p"
+        " JOIN projection_errors AS e ON e.name = p.name AND e.generation = p.generation"
+        " JOIN deliveries AS d ON d.seq = e.seq"
+        " WHERE p.name = ? AND e.seq > ? ORDER BY e.seq LIMIT ?",
+        name,
+        after,
+        limit + 1,
+    )
+    items = [
+        answers.FoldError(seq=seq, environment=environment, event=event, error=error)
+        for seq, environment, event, error in rows[:limit]
+    ]
+    more = len(rows) > limit
+    return answers.FoldErrorList(
+        projection=name,
+        errors=items,
+        next_cursor=encode_cursor(items[-1].seq) if more else None,
     )

@@ -21,6 +21,21 @@ logger = structlog.get_logger("projector.receiver")
 # Headers kept with each delivery for the audit trail; nothing that could hold a secret.
 KEPT_HEADERS = ("content-type", "user-agent", SIGNATURE_HEADER)
 RETRY_AFTER = {"Retry-After": "5"}
+# A wrong key or no room to store may need the operator; a malformed request is the sender's.
+_WARNING_STATUSES = frozenset({401, 503})
+
+
+def log_refusal(request: web.Request, refusal: ApiError) -> None:
+    """The one log line of a refused delivery: why, and who sent how much; never its content."""
+    log = logger.warning if refusal.status in _WARNING_STATUSES else logger.info
+    log(
+        "delivery_refused",
+        reason=refusal.code,
+        status=refusal.status,
+        remote=request.remote,
+        content_length=request.content_length,
+        **refusal.context,
+    )
 
 
 def _unauthorised(reason: str) -> ApiError:
@@ -29,15 +44,19 @@ def _unauthorised(reason: str) -> ApiError:
         "invalid_signature",
         f"{reason}: sign the raw body with HMAC-SHA256 keyed on the environment's API key and "
         f"send it as lowercase hex in the {SIGNATURE_HEADER} header",
+        # The reason names what was wrong with the header, never its value.
+        context={"detail": reason},
     )
 
 
-def _too_large(limit: int) -> ApiError:
+def _too_large(limit: int, received_bytes: int | None = None) -> ApiError:
+    read = {} if received_bytes is None else {"received_bytes": received_bytes}
     return ApiError(
         413,
         "body_too_large",
         f"the body is larger than {limit} bytes; Refold deliveries are far smaller, so this is "
         "not a Refold delivery (or PROJECTOR_MAX_BODY_BYTES is set too low)",
+        context={"max_body_bytes": limit, **read},
     )
 
 
@@ -50,11 +69,11 @@ async def read_bounded_body(request: web.Request, limit: int) -> bytes:
         async for chunk in request.content.iter_chunked(64 * 1024):
             body += chunk
             if len(body) > limit:
-                raise _too_large(limit)
+                raise _too_large(limit, len(body))
     except ConnectionResetError:
         # The sender hung up before its body was complete: nothing is stored and no one is left
-        # to answer. That is the network's doing, so it is not logged as an unexpected error.
-        logger.info("delivery_incomplete", received_bytes=len(body))
+        # to answer. That is the network's doing: a refusal like the others, not an unexpected
+        # error.
         raise ApiError(
             400, "incomplete_body", "the connection closed before the whole body arrived"
         ) from None
@@ -66,12 +85,13 @@ def _kept_headers(request: web.Request) -> dict[str, str]:
     return {name: log.header_text(headers[name]) for name in KEPT_HEADERS if name in headers}
 
 
-def _overloaded() -> ApiError:
+def _overloaded(**context: object) -> ApiError:
     return ApiError(
         503,
         "overloaded",
         "too many deliveries are being received or stored; retry after a few seconds",
         RETRY_AFTER,
+        context=context,
     )
 
 
@@ -87,17 +107,21 @@ def make_receiver(
 
     async def receive_delivery(request: web.Request) -> web.Response:
         nonlocal in_progress
-        # Counted from the request's start to its answer, not just while queued for the
-        # writer: bodies being read and verified are memory too, so this bounds it at about
-        # max_pending x max_body_bytes however many connections arrive.
-        if in_progress >= max_pending:
-            logger.warning("delivery_refused_overloaded", in_progress=in_progress)
-            raise _overloaded()
-        in_progress += 1
+        # Every refusal leaves here, so each is logged exactly once, whatever raised it.
         try:
-            return await _receive(request)
-        finally:
-            in_progress -= 1
+            # Counted from the request's start to its answer, not just while queued for the
+            # writer: bodies being read and verified are memory too, so this bounds it at
+            # about max_pending x max_body_bytes however many connections arrive.
+            if in_progress >= max_pending:
+                raise _overloaded(in_progress=in_progress)
+            in_progress += 1
+            try:
+                return await _receive(request)
+            finally:
+                in_progress -= 1
+        except ApiError as refusal:
+            log_refusal(request, refusal)
+            raise
 
     async def _receive(request: web.Request) -> web.Response:
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
@@ -106,6 +130,7 @@ def make_receiver(
                 415,
                 "unsupported_encoding",
                 f"Content-Encoding {encoding!r} is not accepted: Refold sends plain JSON bodies",
+                context={"content_encoding": encoding[:40]},
             )
         body = await read_bounded_body(request, max_body_bytes)
         try:
@@ -132,20 +157,18 @@ def make_receiver(
             signed_as=match.signed_as,
             headers=_kept_headers(request),
         )
-        # Not logger.bind(): binding costs every delivery; these lines are the rare ones.
-        context = {"environment": environment, "refold_event": parsed.event}
         try:
             appended = await lane.append(delivery)
         except Overloaded as exc:
-            logger.warning("delivery_refused_overloaded", reason=str(exc), **context)
-            raise _overloaded() from None
+            raise _overloaded(detail=str(exc), environment=environment) from None
         except StorageUnavailable as exc:
-            logger.error("delivery_not_stored", reason=str(exc), **context)
+            # A failed commit is logged by the writer too, as append_failed, once per batch.
             raise ApiError(
                 503,
                 "storage_unavailable",
                 "the delivery could not be stored durably; nothing was kept, retry later",
                 RETRY_AFTER,
+                context={"detail": str(exc), "environment": environment},
             ) from None
         # Debug, not info: one rendered line per delivery would cost more CPU than storing it,
         # and the log itself (GET /v1/events) is the audit trail of every delivery.
@@ -156,7 +179,8 @@ def make_receiver(
             flags=list(parsed.flags),
             signed_as=match.signed_as,
             key_id=match.key.key_id,
-            **context,
+            environment=environment,
+            refold_event=parsed.event,
         )
         # model_construct: every field is ours and already typed; validating costs each 200.
         return json_answer(
@@ -164,6 +188,7 @@ def make_receiver(
                 seq=appended.seq,
                 environment=environment,
                 duplicate=appended.duplicate_of is not None,
+                flags=list(parsed.flags),
             )
         )
 

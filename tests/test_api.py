@@ -24,14 +24,25 @@ from projector.api import bearer_auth
 from projector.app import build_app
 from projector.config import load_settings
 from projector.queries import encode_cursor
+from projector.readmodels import CONNECTION_HEALTH, READ_MODELS, WORKFLOW_RUNS
 from projector.sender import environment_of
-from tests.storage_support import catch_up, delivery_of, new_delivery, open_log, open_projected
+from tests.storage_support import (
+    BROKEN_SLUG,
+    catch_up,
+    delivery_of,
+    fail_on_broken_slug,
+    new_delivery,
+    open_log,
+    open_projected,
+)
 from tests.support import (
     AUTH,
     KEY_BY_ENVIRONMENT,
     READ_TOKEN,
     SIGNING_KEYS,
+    run_cli,
     sample_bodies,
+    service_env,
     signed,
     wait_projected,
 )
@@ -44,6 +55,7 @@ PROTECTED = [
     "/v1/events",
     "/v1/events/1",
     "/v1/projections",
+    "/v1/projections/connection_health/errors",
 ]
 NONEXISTENT = ["/v1/nothing-here", "/v1/accounts", "/v1/events/1/raw", "/v1"]
 BAD_AUTH = {
@@ -844,6 +856,143 @@ async def test_projections_stand_at_a_log_head_equal_to_the_deliveries_sent(
     for projection in state["projections"]:
         assert projection["position"] == len(sample)
         assert projection["errors"] == 0
+
+
+# --- the dead letters: flagged deliveries and fold errors --------------------------------
+
+
+async def test_events_flagged_true_and_false_split_the_audit_trail_by_its_flags(
+    client: TestClient, sample: list[Sent]
+) -> None:
+    for environment in ("live", "test"):
+        url = f"/v1/events?environment={environment}"
+        every = await walk(client, url, "events", 1000)
+        flagged = await walk(client, url + "&flagged=true", "events", 3)
+        clean = await walk(client, url + "&flagged=false", "events", 100)
+        assert flagged == [e for e in every if e["flags"]]
+        assert clean == [e for e in every if not e["flags"]]
+        assert flagged
+
+
+@pytest.mark.parametrize("flag", ["not_json", "unknown_event", "missing_field:slug"])
+async def test_events_with_a_flag_list_exactly_the_deliveries_carrying_it(
+    client: TestClient, sample: list[Sent], flag: str
+) -> None:
+    carrying = 0
+    for environment in ("live", "test"):
+        url = f"/v1/events?environment={environment}"
+        every = await walk(client, url, "events", 1000)
+        found = await walk(client, f"{url}&flag={flag}", "events", 1)
+        assert found == [e for e in every if flag in e["flags"]]
+        carrying += len(found)
+    assert carrying
+
+
+@pytest.mark.parametrize("value", ["yes", "True", "1", "", "true,false"])
+async def test_events_flagged_other_than_true_or_false_is_400_invalid_flagged(
+    client: TestClient, value: str
+) -> None:
+    answer = await client.get("/v1/events", params={"flagged": value}, headers=AUTH)
+    await assert_error(answer, 400, "invalid_flagged")
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("unknown_events", "use one of not_json"),
+        ("missing_field", "missing_field:slug"),
+        ("slug", "missing_field:FIELD"),
+    ],
+)
+async def test_events_flag_that_no_delivery_can_carry_is_400_invalid_flag_saying_what_to_send(
+    client: TestClient, value: str, says: str
+) -> None:
+    answer = await client.get("/v1/events", params={"flag": value}, headers=AUTH)
+    await assert_error(answer, 400, "invalid_flag")
+    assert says in (await answer.json())["error"]["message"]
+
+
+def broken_slug_body(minute: int) -> bytes:
+    """A valid connection event of the app the broken fold below raises on."""
+    return json.dumps(
+        {
+            "linked_account_id": "acct_broken",
+            "environment": "live",
+            "event": "Connection Created",
+            "slug": BROKEN_SLUG,
+            "createdAt": f"Mon, 01 Jun 2026 05:{minute:02d}:00 GMT",
+        }
+    ).encode()
+
+
+async def test_fold_errors_are_listed_with_seq_event_and_error_until_a_rebuild_clears_them(
+    client: TestClient,
+    sample: list[Sent],
+    db_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fold bug on a real delivery: listed, paginated; the fixed code's rebuild empties it."""
+    errors_url = "/v1/projections/connection_health/errors"
+    assert await get_json(client, errors_url) == {
+        "projection": "connection_health",
+        "errors": [],
+        "next_cursor": None,
+    }
+    broken = replace(CONNECTION_HEALTH, fold=fail_on_broken_slug)
+    monkeypatch.setattr("projector.projection.READ_MODELS", (broken, WORKFLOW_RUNS))
+    seqs = [(await post(client, broken_slug_body(minute))).seq for minute in (1, 2)]
+    await post(client, sample[0].body)  # a delivery that folds fine, between the two
+    state = await wait_projected(client)
+    assert [p["errors"] for p in state["projections"]] == [2, 0]  # type: ignore[index]
+
+    listed = await walk(client, errors_url, "errors", 1)
+    assert listed == [
+        {
+            "seq": seq,
+            "environment": "live",
+            "event": "Connection Created",
+            "error": f"RuntimeError: fold bug on {BROKEN_SLUG}",
+        }
+        for seq in seqs
+    ]
+    assert await get_json(client, "/v1/projections/workflow_runs/errors") == {
+        "projection": "workflow_runs",
+        "errors": [],
+        "next_cursor": None,
+    }
+
+    # The fix ships: `projector rebuild` folds the log with the working code into a new
+    # generation, and the old generation's errors are no longer listed.
+    monkeypatch.setattr("projector.projection.READ_MODELS", READ_MODELS)
+    env = service_env(db_path)
+    done = await asyncio.to_thread(run_cli, "rebuild", env=env)
+    assert done.returncode == 0, done.stderr
+    assert (await get_json(client, errors_url))["errors"] == []
+
+
+async def test_fold_errors_of_an_unknown_projection_are_404_projection_not_found(
+    client: TestClient,
+) -> None:
+    answer = await client.get("/v1/projections/connections/errors", headers=AUTH)
+    await assert_error(answer, 404, "projection_not_found")
+    message = (await answer.json())["error"]["message"]
+    assert "connection_health, workflow_runs" in message
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ({"environment": "live"}, "unknown_parameter"),
+        ({"status": "x"}, "unknown_parameter"),
+        ({"limit": "0"}, "invalid_limit"),
+        ({"cursor": "not-a-cursor"}, "invalid_cursor"),
+    ],
+)
+async def test_fold_errors_refuse_a_bad_parameter_with_400(
+    client: TestClient, query: dict[str, str], code: str
+) -> None:
+    answer = await client.get("/v1/projections/workflow_runs/errors", params=query, headers=AUTH)
+    await assert_error(answer, 400, code)
 
 
 # --- ETags ------------------------------------------------------------------------------

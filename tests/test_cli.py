@@ -275,6 +275,65 @@ async def test_events_filters_by_linked_account_id_and_stops_at_limit(
     assert (await client.get("/v1/projections", headers=AUTH)).status == 200
 
 
+async def test_events_filter_by_flagged_and_by_one_flag(client: TestClient, db_path: Path) -> None:
+    def connection(account: str, **changes: str | None) -> bytes:
+        payload: dict[str, str | None] = {
+            "linked_account_id": account,
+            "environment": "live",
+            "event": "Connection Created",
+            "slug": "hubspot",
+            "createdAt": "Wed, 01 Jul 2026 12:00:00 GMT",
+            **changes,
+        }
+        return json.dumps({k: v for k, v in payload.items() if v is not None}).encode()
+
+    bodies = {
+        "clean": connection("a1"),
+        "missing_field:slug": connection("a2", slug=None),
+        "unknown_event": connection("a3", event="Connection Paused"),
+        "two": connection("a4", slug=None, environment="test"),
+        "clean again": connection("a5"),
+    }
+    seq = {}
+    for name, body in bodies.items():
+        answer = await client.post("/webhooks/refold", data=body, headers=signed(body))
+        assert answer.status == 200
+        seq[name] = (await answer.json())["seq"]
+    env = env_for(db_path)
+
+    async def printed(*options: str) -> list[int]:
+        result = await asyncio.to_thread(run_cli, "events", *options, env=env)
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line)["seq"] for line in result.stdout.splitlines()]
+
+    assert await printed("--flagged") == [
+        seq["missing_field:slug"],
+        seq["unknown_event"],
+        seq["two"],
+    ]
+    assert await printed("--no-flagged") == [seq["clean"], seq["clean again"]]
+    assert await printed("--flag", "missing_field:slug") == [seq["missing_field:slug"], seq["two"]]
+    assert await printed("--flag", "environment_mismatch") == [seq["two"]]
+    assert await printed("--flag", "unknown_event", "--limit", "1") == [seq["unknown_event"]]
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (("--flag", "missing_field"), "must name the field, as in missing_field:slug"),
+        (("--flag", "unknown_events"), "is not a flag deliveries carry; use one of not_json"),
+        (("--flagged", "true"), "unrecognized arguments: true"),
+    ],
+)
+def test_events_with_a_flag_no_delivery_can_carry_exits_2_saying_what_to_send(
+    tmp_path: Path, options: tuple[str, ...], says: str
+) -> None:
+    result = run_cli("events", *options, env=env_for(tmp_path / "projector.sqlite3"))
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_events_on_a_missing_database_exits_2(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "projector.sqlite3"
     result = run_cli("events", env=env_for(missing))

@@ -694,6 +694,7 @@ def test_hostile_request_gets_its_status_and_only_signed_deliveries_are_stored(
             "seq": head_after,
             "environment": case.environment,
             "duplicate": False,
+            "flags": list(case.flags),
         }
         assert flags == list(case.flags)
     if case.answer:

@@ -173,7 +173,7 @@ def test_migrating_a_version_1_log_hashes_every_row_and_changes_nothing_else(
     """The upgrade adds an intact chain over the old rows; their content stays byte-identical."""
     rows = version_1_log(db_path, 60)
     conn = log.connect(db_path)
-    assert log.migrate(conn) == log.LOG_SCHEMA_VERSION == 2
+    assert log.migrate(conn) == log.LOG_SCHEMA_VERSION == 3
     columns = ", ".join(HASHED_COLUMNS)
     assert conn.execute(f"SELECT {columns} FROM deliveries ORDER BY seq").fetchall() == rows
     assert verify_chain(conn).intact

@@ -75,6 +75,34 @@ def test_migrate_refuses_a_database_from_a_newer_version_and_says_to_upgrade(
     assert conn.execute("PRAGMA user_version").fetchone()[0] == log.LOG_SCHEMA_VERSION + 1
 
 
+def test_migrating_a_version_2_log_indexes_its_flagged_deliveries_and_changes_no_row(
+    db_path: Path,
+) -> None:
+    """Version 3 adds the partial index of flagged deliveries; the log's rows stay as they were."""
+    conn = log.connect(db_path)
+    with log.transaction(conn):
+        for migration in log.MIGRATIONS[:2]:
+            migration(conn)
+        conn.execute("PRAGMA user_version = 2")
+    log.append_batch(conn, [*sample_deliveries()[:40], new_delivery(b"[]", "live")])
+    rows = conn.execute("SELECT * FROM deliveries ORDER BY seq").fetchall()
+    assert log.migrate(conn) == log.LOG_SCHEMA_VERSION == 3
+    assert conn.execute("SELECT * FROM deliveries ORDER BY seq").fetchall() == rows
+    (index,) = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'deliveries_flagged'"
+    ).fetchone()
+    assert index.endswith("WHERE flags <> '[]'")
+    indexed = conn.execute(
+        "SELECT seq FROM deliveries INDEXED BY deliveries_flagged"
+        " WHERE environment = 'live' AND flags <> '[]' ORDER BY seq"
+    ).fetchall()
+    flagged = conn.execute(
+        "SELECT seq FROM deliveries WHERE environment = 'live' AND json_array_length(flags) > 0"
+    ).fetchall()
+    assert indexed == flagged
+    assert (41,) in indexed  # the not_an_object delivery
+
+
 def test_append_batch_numbers_deliveries_without_gaps_across_batches(db_path: Path) -> None:
     """Seqs run 1..n in append order, whatever the batch sizes."""
     conn = open_log(db_path)

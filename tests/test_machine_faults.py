@@ -437,7 +437,12 @@ async def test_a_full_disk_refuses_with_503_keeps_the_log_and_recovers_by_itself
     acked = [o for o in before + trickled + after_space + more + checkpointed if o.status == 200]
     refused = [o for o in while_full + trickled + after_space if o.status != 200]
     assert caught_up["log_head"] == len(acked)
-    assert len(log_lines(service, "delivery_not_stored")) == len(refused)
+    not_stored = [
+        line
+        for line in log_lines(service, "delivery_refused")
+        if (line["reason"], line["status"]) == ("storage_unavailable", 503)
+    ]
+    assert len(not_stored) == len(refused)
 
     # SIGTERM: a clean exit, a checkpointed file, and the whole log read back from the tmpfs.
     assert await asyncio.to_thread(service.stop) == 0, service.logs()[-3000:]
@@ -512,10 +517,14 @@ async def test_a_burst_beyond_max_pending_is_refused_with_503_and_memory_stays_b
         assert_refused(outcome, "overloaded")
     assert refused, "no delivery was refused: the queue never reached its bound"
     # Refused at the door (`in_progress`: requests being received or stored), or, rarely,
-    # by the writer's own queue bound (`reason`: "N deliveries are waiting ...").
+    # by the writer's own queue bound (`detail`: "N deliveries are waiting ...").
+    overloaded = [
+        line for line in log_lines(service, "delivery_refused") if line["reason"] == "overloaded"
+    ]
+    assert len(overloaded) == len(refused)
     waiting = [
-        line["in_progress"] if "in_progress" in line else int(line["reason"].split()[0])
-        for line in log_lines(service, "delivery_refused_overloaded")
+        line["in_progress"] if "in_progress" in line else int(line["detail"].split()[0])
+        for line in overloaded
     ]
     figures["waiting_when_refused"] = dict(Counter(waiting))
     assert waiting

@@ -14,7 +14,7 @@ import pytest
 from projector import log, queries
 from projector.queries import InvalidCursor, decode_cursor, encode_cursor
 from projector.readers import AccountReads, ReaderPool
-from tests.storage_support import ODD_BODY, catch_up, direct, new_delivery, open_projected
+from tests.storage_support import ODD_BODY, catch_up, direct, new_delivery, open_log, open_projected
 
 ENVIRONMENTS = ("live", "test")
 
@@ -449,6 +449,153 @@ async def test_audit_event_of_a_repeat_names_the_delivery_it_repeats(
     detail = await queries.audit_event(reader, environment, seq)
     assert detail is not None
     assert (detail.duplicate, detail.duplicate_of) == (True, first)
+
+
+# --- audit filters by flag -------------------------------------------------------------------
+
+# Flagged twice: named the test environment under the live key, and no slug.
+TWO_FLAGS = (
+    b'{"linked_account_id":"acct_two","environment":"test","event":"Connection Expired",'
+    b'"createdAt":"Tue, 07 Nov 2023 08:38:33 GMT"}'
+)
+
+
+@pytest.fixture
+async def flag_reader(populated: Path) -> AsyncIterator[aiosqlite.Connection]:
+    """A reader on the populated log plus one delivery carrying two flags."""
+    conn = open_log(populated)
+    log.append_batch(conn, [new_delivery(TWO_FLAGS, "live")])
+    conn.close()
+    async with ReaderPool(populated) as pool, pool.connection() as conn:
+        yield conn
+
+
+def flags_by_seq(db: Path, environment: str) -> dict[int, list[str]]:
+    """Each delivery's flags, read straight from the file."""
+    sql = "SELECT seq, flags FROM deliveries WHERE environment = ? ORDER BY seq"
+    return {seq: json.loads(flags) for seq, flags in direct(db, sql, environment)}
+
+
+async def walk_flags(
+    reader: aiosqlite.Connection,
+    environment: str,
+    flagged: bool | None = None,
+    flag: str | None = None,
+    limit: int = 7,
+) -> list[int]:
+    seqs: list[int] = []
+    cursor = None
+    for _ in range(1000):
+        page = await queries.audit_events(
+            reader, environment, None, None, 0, limit, cursor, flagged=flagged, flag=flag
+        )
+        seqs += [e.seq for e in page.events]
+        if page.next_cursor is None:
+            return seqs
+        cursor = page.next_cursor
+    raise AssertionError("the pages did not end")
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+async def test_flagged_true_lists_exactly_the_flagged_deliveries_and_false_the_clean_ones(
+    flag_reader: aiosqlite.Connection, populated: Path, environment: str
+) -> None:
+    logged = flags_by_seq(populated, environment)
+    flagged = [seq for seq, flags in logged.items() if flags]
+    assert flagged
+    assert await walk_flags(flag_reader, environment, flagged=True) == flagged
+    assert await walk_flags(flag_reader, environment, flagged=False, limit=100) == [
+        seq for seq, flags in logged.items() if not flags
+    ]
+
+
+@pytest.mark.parametrize(
+    "flag", ["not_json", "unknown_event", "missing_field:slug", "environment_mismatch"]
+)
+async def test_a_flag_filter_lists_exactly_the_deliveries_carrying_that_flag(
+    flag_reader: aiosqlite.Connection, populated: Path, flag: str
+) -> None:
+    logged = flags_by_seq(populated, "live")
+    wanted = [seq for seq, flags in logged.items() if flag in flags]
+    assert wanted
+    assert await walk_flags(flag_reader, "live", flag=flag, limit=2) == wanted
+    assert await walk_flags(flag_reader, "live", flagged=True, flag=flag) == wanted
+    assert await walk_flags(flag_reader, "live", flagged=False, flag=flag) == []
+
+
+async def test_a_delivery_with_two_flags_is_found_by_each_of_them(
+    flag_reader: aiosqlite.Connection, populated: Path
+) -> None:
+    (two,) = [s for s, f in flags_by_seq(populated, "live").items() if len(f) == 2]
+    for flag in ("environment_mismatch", "missing_field:slug"):
+        assert two in await walk_flags(flag_reader, "live", flag=flag)
+
+
+@pytest.mark.parametrize("part", ["missing_field", "missing_field:slu", "slug", "field:slug"])
+async def test_a_flag_filter_matches_whole_flags_never_part_of_one(
+    flag_reader: aiosqlite.Connection, populated: Path, part: str
+) -> None:
+    """missing_field:slug is stored, and a substring match would find it under each `part`."""
+    assert any("missing_field:slug" in f for f in flags_by_seq(populated, "live").values())
+    assert await walk_flags(flag_reader, "live", flag=part) == []
+
+
+@pytest.mark.parametrize(("flagged", "flag"), [(True, None), (None, "unknown_event")])
+async def test_flag_filters_read_the_index_of_flagged_deliveries_not_the_whole_log(
+    flag_reader: aiosqlite.Connection, populated: Path, flagged: bool | None, flag: str | None
+) -> None:
+    """The plan SQLite makes for the very statement the query runs uses deliveries_flagged."""
+    statements: list[str] = []
+    await flag_reader.set_trace_callback(statements.append)
+    try:
+        await queries.audit_events(
+            flag_reader, "live", None, None, 0, 10, None, flagged=flagged, flag=flag
+        )
+    finally:
+        await flag_reader.set_trace_callback(None)
+    (statement,) = [s for s in statements if "FROM deliveries" in s]
+    plan = direct(populated, f"EXPLAIN QUERY PLAN {statement}")
+    steps = " | ".join(str(row[-1]) for row in plan)
+    assert "USING INDEX deliveries_flagged" in steps, steps
+
+
+# --- fold errors -----------------------------------------------------------------------------
+
+
+async def test_fold_errors_list_the_current_generation_only_by_seq_with_each_event(
+    populated: Path,
+) -> None:
+    """Errors an earlier generation recorded went with its tables; pages follow seq."""
+    conn = open_log(populated)
+    (generation,) = conn.execute(
+        "SELECT generation FROM projections WHERE name = 'connection_health'"
+    ).fetchone()
+    with log.transaction(conn):
+        conn.executemany(
+            "INSERT INTO projection_errors (name, generation, seq, error) VALUES (?, ?, ?, ?)",
+            [
+                ("connection_health", generation, 9, "KeyError: 'now'"),
+                ("connection_health", generation, 4, "KeyError: 'then'"),
+                ("connection_health", generation - 1, 5, "KeyError: 'old generation'"),
+                ("workflow_runs", generation, 6, "KeyError: 'other projection'"),
+            ],
+        )
+    conn.close()
+    wanted = [(4, "KeyError: 'then'"), (9, "KeyError: 'now'")]
+    events = dict(direct(populated, "SELECT seq, event FROM deliveries WHERE seq IN (4, 9)"))
+    environments = dict(direct(populated, "SELECT seq, environment FROM deliveries"))
+    async with ReaderPool(populated) as pool, pool.connection() as reader:
+        first = await queries.fold_errors(reader, "connection_health", 1, None)
+        assert first.next_cursor is not None
+        rest = await queries.fold_errors(reader, "connection_health", 1, first.next_cursor)
+        assert rest.next_cursor is None
+        whole = await queries.fold_errors(reader, "connection_health", 100, None)
+    assert first.errors + rest.errors == whole.errors
+    assert [(e.seq, e.error) for e in whole.errors] == wanted
+    assert [(e.event, e.environment) for e in whole.errors] == [
+        (events[seq], environments[seq]) for seq, _ in wanted
+    ]
+    assert whole.projection == "connection_health"
 
 
 # --- projections -----------------------------------------------------------------------------

@@ -6,13 +6,15 @@ import asyncio
 import base64
 import gzip
 import json
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
-from aiohttp import ClientResponse, StreamReader
+from aiohttp import ClientResponse, ClientSession, StreamReader, web
 from aiohttp.test_utils import TestClient, make_mocked_request
 from multidict import CIMultiDict
 from structlog.testing import capture_logs
@@ -105,7 +107,7 @@ async def test_signed_connection_delivery_answers_200_with_seq_1_live_not_duplic
 ) -> None:
     answer = await client.post(WEBHOOK, data=BODY, headers=signed(BODY))
     assert answer.status == 200
-    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False}
+    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False, "flags": []}
 
 
 async def test_same_bytes_again_are_stored_as_duplicate_with_the_next_seq(
@@ -114,7 +116,7 @@ async def test_same_bytes_again_are_stored_as_duplicate_with_the_next_seq(
     await client.post(WEBHOOK, data=BODY, headers=signed(BODY))
     answer = await client.post(WEBHOOK, data=BODY, headers=signed(BODY))
     assert answer.status == 200
-    assert await answer.json() == {"seq": 2, "environment": "live", "duplicate": True}
+    assert await answer.json() == {"seq": 2, "environment": "live", "duplicate": True, "flags": []}
     assert (await audit_event(client, 2))["duplicate_of"] == 1
 
 
@@ -124,7 +126,7 @@ async def test_delivery_signed_with_the_test_key_is_in_the_test_environment(
     body = connection_body(environment="test")
     answer = await client.post(WEBHOOK, data=body, headers=signed(body, TEST_KEY))
     assert answer.status == 200
-    assert await answer.json() == {"seq": 1, "environment": "test", "duplicate": False}
+    assert await answer.json() == {"seq": 1, "environment": "test", "duplicate": False, "flags": []}
 
 
 async def test_old_rotated_live_key_is_accepted_and_recorded_as_the_key_that_matched(
@@ -132,7 +134,7 @@ async def test_old_rotated_live_key_is_accepted_and_recorded_as_the_key_that_mat
 ) -> None:
     answer = await client.post(WEBHOOK, data=BODY, headers=signed(BODY, LIVE_OLD_KEY))
     assert answer.status == 200
-    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False}
+    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False, "flags": []}
     detail = await audit_event(client, 1)
     assert detail["key_id"] == fingerprint("live", LIVE_OLD_KEY)
     assert detail["key_id"] != fingerprint("live", LIVE_KEY)
@@ -143,7 +145,7 @@ async def test_upper_case_hex_of_a_valid_signature_is_accepted(client: TestClien
     upper = sign_body(BODY, LIVE_KEY.encode()).upper()
     answer = await client.post(WEBHOOK, data=BODY, headers={SIGNATURE_HEADER: upper})
     assert answer.status == 200
-    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False}
+    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False, "flags": []}
 
 
 async def test_accepted_delivery_keeps_its_exact_bytes(client: TestClient) -> None:
@@ -176,7 +178,7 @@ async def test_same_connection_event_with_reordered_fields_is_a_duplicate(
     reordered = json.dumps(dict(reversed(json.loads(BODY).items()))).encode()
     await client.post(WEBHOOK, data=BODY, headers=signed(BODY))
     answer = await client.post(WEBHOOK, data=reordered, headers=signed(reordered))
-    assert await answer.json() == {"seq": 2, "environment": "live", "duplicate": True}
+    assert await answer.json() == {"seq": 2, "environment": "live", "duplicate": True, "flags": []}
 
 
 async def test_second_failure_of_a_run_with_new_attempt_count_is_not_a_duplicate(
@@ -274,7 +276,7 @@ async def test_a_body_cut_off_by_a_hang_up_is_400_incomplete_body_not_an_unexpec
     with capture_logs() as logged, pytest.raises(ApiError) as refused:
         await read_bounded_body(request, SMALL_LIMIT)
     assert (refused.value.status, refused.value.code) == (400, "incomplete_body")
-    assert [entry["event"] for entry in logged] == ["delivery_incomplete"]
+    assert logged == []  # the receiver logs it, once, as it logs every refusal
 
 
 async def test_a_user_agent_byte_that_is_not_utf8_is_kept_visibly_and_readable_back(
@@ -376,10 +378,16 @@ async def test_signed_but_unusable_body_is_stored_flagged_and_kept_out_of_read_m
     body = FLAGGED[flag]
     answer = await client.post(WEBHOOK, data=body, headers=signed(body))
     assert answer.status == 200
-    assert await answer.json() == {"seq": 1, "environment": "live", "duplicate": False}
+    # The sender sees at once that it was stored but flagged, and why.
+    assert await answer.json() == {
+        "seq": 1,
+        "environment": "live",
+        "duplicate": False,
+        "flags": [flag],
+    }
 
     detail = await audit_event(client, 1)
-    assert flag in detail["flags"]
+    assert detail["flags"] == [flag]
     assert base64.b64decode(detail["body_base64"]) == body
     if flag == "not_json":
         assert detail["flags"] == ["not_json"]
@@ -426,3 +434,206 @@ async def test_deliveries_beyond_max_pending_get_503_before_their_body_is_read(
     assert (await first).status == 200
     after = await client.post("/webhooks/refold", data=second_body, headers=signed(second_body))
     assert after.status == 200  # the slot is free again once the first was answered
+
+
+# --- every refusal is logged once, without secrets ------------------------------------------
+
+# Text that must never reach a log line: the keys, the read token, and the body's own words.
+BODY_MARKER = "acct-body-marker-5c1e"
+LOGGED_BODY = connection_body(BODY_MARKER)
+NEVER_LOGGED = (LIVE_KEY, LIVE_OLD_KEY, TEST_KEY, READ_TOKEN, BODY_MARKER)
+
+
+@asynccontextmanager
+async def served(db: Path, **limits: int) -> AsyncIterator[str]:
+    """The app run as `projector serve` runs it (a hang-up does not cancel the handler)."""
+    settings = load_settings(db=db, signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN, **limits)
+    runner = web.AppRunner(build_app(settings), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        assert host == "127.0.0.1"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def refusals(logged: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [entry for entry in logged if entry["event"] == "delivery_refused"]
+
+
+def assert_nothing_secret(logged: list[dict[str, Any]], *also: str) -> None:
+    """No key, token, signature value or body text in any captured entry."""
+    text = repr(logged)
+    for secret in (*NEVER_LOGGED, *also):
+        assert secret not in text
+
+
+def assert_one_refusal(
+    logged: list[dict[str, Any]], reason: str, status: int, level: str, length: int | None
+) -> dict[str, Any]:
+    (entry,) = refusals(logged)
+    assert (entry["reason"], entry["status"], entry["log_level"]) == (reason, status, level)
+    assert entry["remote"] == "127.0.0.1"
+    assert entry["content_length"] == length
+    return entry
+
+
+def request_head(content_length: int, signature: str) -> bytes:
+    return (
+        f"POST {WEBHOOK} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {content_length}\r\n{SIGNATURE_HEADER}: {signature}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+
+
+WRONG_SIGNATURE = sign_body(LOGGED_BODY, b"pk_not_a_configured_key")
+CLIENT_REFUSALS: dict[str, tuple[dict[str, str], bytes, int, str, str]] = {
+    # name: (headers, body, status, reason, level)
+    "signed with an unknown key": (
+        {SIGNATURE_HEADER: WRONG_SIGNATURE},
+        LOGGED_BODY,
+        401,
+        "invalid_signature",
+        "warning",
+    ),
+    "no signature": ({}, LOGGED_BODY, 401, "invalid_signature", "warning"),
+    "body over the limit": (
+        signed(LOGGED_BODY),
+        LOGGED_BODY + b" " * 2048,
+        413,
+        "body_too_large",
+        "info",
+    ),
+    "gzip": (
+        {**signed(LOGGED_BODY), "Content-Encoding": "gzip"},
+        gzip.compress(LOGGED_BODY),
+        415,
+        "unsupported_encoding",
+        "info",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLIENT_REFUSALS))
+async def test_a_refused_delivery_is_logged_once_with_reason_status_remote_and_length(
+    db_path: Path, case: str
+) -> None:
+    headers, body, status, reason, level = CLIENT_REFUSALS[case]
+    async with served(db_path, max_body_bytes=SMALL_LIMIT) as base, ClientSession() as http:
+        with capture_logs() as logged:
+            async with http.post(base + WEBHOOK, data=body, headers=headers) as answer:
+                assert answer.status == status
+                assert (await answer.json())["error"]["code"] == reason
+    assert_one_refusal(logged, reason, status, level, len(body))
+    assert_nothing_secret(logged, WRONG_SIGNATURE, signed(LOGGED_BODY)[SIGNATURE_HEADER])
+
+
+async def test_a_chunked_body_over_the_limit_is_logged_with_no_content_length(
+    db_path: Path,
+) -> None:
+    body = padded_body(SMALL_LIMIT * 3)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 512):
+            yield body[start : start + 512]
+
+    async with served(db_path, max_body_bytes=SMALL_LIMIT) as base, ClientSession() as http:
+        with capture_logs() as logged:
+            async with http.post(base + WEBHOOK, data=chunks(), headers=signed(body)) as answer:
+                assert answer.status == 413
+    entry = assert_one_refusal(logged, "body_too_large", 413, "info", None)
+    assert entry["received_bytes"] > SMALL_LIMIT
+
+
+async def test_an_accepted_delivery_logs_no_refusal(db_path: Path) -> None:
+    async with served(db_path) as base, ClientSession() as http:
+        with capture_logs() as logged:
+            async with http.post(
+                base + WEBHOOK, data=LOGGED_BODY, headers=signed(LOGGED_BODY)
+            ) as answer:
+                assert answer.status == 200
+    assert refusals(logged) == []
+
+
+async def test_a_sender_that_hangs_up_mid_body_is_logged_once_as_incomplete_body(
+    db_path: Path,
+) -> None:
+    """Less than Content-Length, then the connection closes: nobody gets the 400, the log does."""
+    signature = signed(LOGGED_BODY)[SIGNATURE_HEADER]
+    async with served(db_path) as base:
+        with capture_logs() as logged:
+            host, port = base.removeprefix("http://").split(":")
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.write(request_head(len(LOGGED_BODY), signature) + LOGGED_BODY[:25])
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+            for _ in range(1000):  # the refusal is logged once the server sees the hang-up
+                if refusals(logged):
+                    break
+                await asyncio.sleep(0.01)
+    assert_one_refusal(logged, "incomplete_body", 400, "info", len(LOGGED_BODY))
+    assert_nothing_secret(logged, signature)
+
+
+async def test_a_delivery_beyond_max_pending_is_logged_once_as_overloaded(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One delivery holds the only slot (its body half sent); the next is refused and logged."""
+    reading = asyncio.Event()
+
+    async def reading_seen(request: web.Request, limit: int) -> bytes:
+        reading.set()  # the first delivery is in progress: its slot is taken
+        return await read_bounded_body(request, limit)
+
+    monkeypatch.setattr("projector.receiver.read_bounded_body", reading_seen)
+    signature = signed(LOGGED_BODY)[SIGNATURE_HEADER]
+    async with served(db_path, max_pending=1) as base, ClientSession() as http:
+        host, port = base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(request_head(len(LOGGED_BODY), signature) + LOGGED_BODY[:10])
+            await writer.drain()
+            await asyncio.wait_for(reading.wait(), 10)
+            other = connection_body("acct_refused")
+            with capture_logs() as logged:
+                async with http.post(base + WEBHOOK, data=other, headers=signed(other)) as answer:
+                    assert answer.status == 503
+                    assert (await answer.json())["error"]["code"] == "overloaded"
+            writer.write(LOGGED_BODY[10:])
+            await writer.drain()
+            first = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+    assert first.split(b"\r\n", 1)[0].split()[1] == b"200"
+    entry = assert_one_refusal(logged, "overloaded", 503, "warning", len(other))
+    assert entry["in_progress"] == 1
+    assert_nothing_secret(logged, signed(other)[SIGNATURE_HEADER], "acct_refused")
+
+
+async def test_a_delivery_the_log_cannot_commit_is_logged_once_as_storage_unavailable(
+    db_path: Path,
+) -> None:
+    """Another connection makes every insert fail, as a full disk would: 503, logged once."""
+    signature = signed(LOGGED_BODY)[SIGNATURE_HEADER]
+    async with served(db_path) as base, ClientSession() as http:
+        saboteur = sqlite3.connect(db_path)
+        saboteur.execute(
+            "CREATE TRIGGER refuse_inserts BEFORE INSERT ON deliveries"
+            " BEGIN SELECT RAISE(ABORT, 'inserts refused by the test'); END"
+        )
+        saboteur.commit()
+        saboteur.close()
+        with capture_logs() as logged:
+            async with http.post(
+                base + WEBHOOK, data=LOGGED_BODY, headers=signed(LOGGED_BODY)
+            ) as answer:
+                assert answer.status == 503
+                assert (await answer.json())["error"]["code"] == "storage_unavailable"
+    entry = assert_one_refusal(logged, "storage_unavailable", 503, "warning", len(LOGGED_BODY))
+    assert entry["detail"] == "inserts refused by the test"
+    assert entry["environment"] == "live"
+    assert_nothing_secret(logged, signature)
