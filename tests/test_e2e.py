@@ -9,7 +9,6 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +109,16 @@ def accounts_in(bodies: Iterable[bytes]) -> list[str]:
     return sorted(found)
 
 
+def sample_instant(text: str) -> datetime:
+    """A createdAt of the sample, read by its exact shape: not by the parser under test."""
+    for shape in ("%a, %d %b %Y %H:%M:%S GMT", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(text, shape).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    raise AssertionError(f"a createdAt of a shape the sample does not use: {text!r}")
+
+
 def expired_live_account(bodies: Iterable[bytes]) -> str:
     """An account of the sample whose latest live connection event is an expiry."""
     latest: dict[tuple[str, str], tuple[datetime, str]] = {}
@@ -122,10 +131,7 @@ def expired_live_account(bodies: Iterable[bytes]) -> str:
             continue
         if "slug" not in payload or not payload["event"].startswith("Connection "):
             continue
-        try:
-            moment = parsedate_to_datetime(payload["createdAt"]).astimezone(UTC)
-        except (TypeError, ValueError):
-            moment = datetime.fromisoformat(payload["createdAt"]).astimezone(UTC)
+        moment = sample_instant(payload["createdAt"])
         key = (payload["linked_account_id"], payload["slug"])
         latest[key] = max(latest.get(key, (moment, "")), (moment, payload["event"]))
     return sorted(a for (a, _), (_, event) in latest.items() if event == "Connection Expired")[0]
