@@ -34,6 +34,7 @@ class CrashFigures:
     corrupt: int = 0
     kills: int = 0
     kills_during_rebuild: int = 0
+    kills_under_load: int = 0
     kills_with_projection_behind: int = 0
     attempted: int = 0
     cut_off: int = 0
@@ -52,6 +53,7 @@ class CrashFigures:
         return [
             f"attempted {self.attempted}, cut off in flight by a kill {self.cut_off}, "
             f"log rows {self.log_rows}, corrupt {self.corrupt}, "
+            f"kills under load {self.kills_under_load}, "
             f"kills during rebuild {self.kills_during_rebuild}, kills with projection behind "
             f"{self.kills_with_projection_behind}",
             *(f"PROBLEM: {problem}" for problem in self.problems),
@@ -72,31 +74,61 @@ def _projection_behind(db: Path) -> bool:
     return bool(lowest is not None and lowest < head)
 
 
-def _rebuild_has_claimed(db: Path) -> bool:
+def _claimed_generation(db: Path) -> int:
+    """The newest generation a rebuild has claimed and not yet swapped in (0: none)."""
     with _read_only(db) as conn:
-        return conn.execute("SELECT count(*) FROM rebuild_claims").fetchone()[0] > 0
+        return int(
+            conn.execute("SELECT coalesce(max(generation), 0) FROM rebuild_claims").fetchone()[0]
+        )
 
 
-def _kill_during_rebuild(service: Service, rng: random.Random) -> bool:
-    """Start `projector rebuild` beside the server; SIGKILL both mid-rebuild if we can."""
-    rebuild = subprocess.Popen(
-        [sys.executable, "-m", "projector.cli", "rebuild"],
-        env=service.env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while rebuild.poll() is None and time.monotonic() < deadline:
-        if _rebuild_has_claimed(service.db):
-            time.sleep(rng.uniform(0.0, 0.3))
-            break
-        time.sleep(0.01)
-    during = rebuild.poll() is None
-    rebuild.kill()
+def _kill_during_rebuild(service: Service, rng: random.Random, attempts: int = 5) -> bool:
+    """Start `projector rebuild` beside the server and SIGKILL both mid-rebuild.
+
+    The kill comes at a random moment after the rebuild claimed its generation. Whether it
+    landed mid-rebuild is read from the log afterwards: the claim is still there only if the
+    rebuild never swapped. A rebuild that finished first is followed by another, killed
+    sooner (bounded); True if one was hit.
+    """
+    delay = rng.uniform(0.0, 0.3)
+    for _ in range(attempts):
+        before = _claimed_generation(service.db)
+        rebuild = subprocess.Popen(
+            [sys.executable, "-m", "projector.cli", "rebuild"],
+            env=service.env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while rebuild.poll() is None and time.monotonic() < deadline:
+            if _claimed_generation(service.db) > before:
+                time.sleep(delay)
+                break
+            time.sleep(0.01)
+        rebuild.kill()
+        rebuild.wait(10)
+        if _claimed_generation(service.db) > before:  # claimed, never swapped: hit mid-way
+            service.kill()
+            return True
+        delay /= 4
     service.kill()
-    rebuild.wait(10)
-    return during
+    return False
+
+
+def _acked(acks: Path) -> int:
+    """How many deliveries the load has seen acknowledged so far."""
+    return len(acks.read_bytes().split()) if acks.exists() else 0
+
+
+def _wait_for_acks(acks: Path, more_than: int, timeout: float = 60) -> bool:
+    """Wait until more than `more_than` deliveries are acknowledged; False if none came."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _acked(acks) > more_than:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _audit_log(db: Path, acked: Counter[bytes], attempted: int, figures: CrashFigures) -> None:
@@ -167,12 +199,16 @@ def run_crash_loop(
         text=True,
     )
     try:
+        acked_at_start = 0
         for number in range(1, kills + 1):
-            time.sleep(rng.uniform(0.3, 1.5))  # ingest and projection run meanwhile
+            # Under load: this run of the server has acknowledged deliveries (bounded wait);
+            # then a random moment later, while ingest and projection go on.
+            figures.kills_under_load += _wait_for_acks(acks, acked_at_start)
+            time.sleep(rng.uniform(0.3, 1.5))
             if number % 3 == 2 or (number == kills and not figures.kills_during_rebuild):
                 during = _kill_during_rebuild(service, rng)
                 figures.kills_during_rebuild += during
-                moment = "during a rebuild" if during else "after a rebuild finished"
+                moment = "during a rebuild" if during else "after rebuilds that all finished first"
             else:
                 service.kill()
                 moment = "under load"
@@ -180,6 +216,7 @@ def run_crash_loop(
             behind = _projection_behind(service.db)
             figures.kills_with_projection_behind += behind
             say(f"kill {number}: SIGKILL {moment}; projection behind the head: {behind}")
+            acked_at_start = _acked(acks)
             service.start()
         time.sleep(0.5)
     finally:

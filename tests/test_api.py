@@ -11,7 +11,6 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from projector import log, readers
+from projector.answercache import AnswerCache
 from projector.api import bearer_auth
 from projector.app import build_app
 from projector.config import load_settings
@@ -183,10 +183,13 @@ async def walk(client: TestClient, url: str, items: str, limit: int) -> list[Any
 
 
 def instant(text: str) -> datetime:
-    try:
-        return parsedate_to_datetime(text).astimezone(UTC)
-    except (TypeError, ValueError):
-        return datetime.fromisoformat(text).astimezone(UTC)
+    """A createdAt of the sample, read by its exact shape: not by the parser under test."""
+    for shape in ("%a, %d %b %Y %H:%M:%S GMT", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(text, shape).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    raise AssertionError(f"a createdAt of a shape the sample does not use: {text!r}")
 
 
 def expected_connections(sent: list[Sent]) -> dict[tuple[str, str, str], str]:
@@ -1108,21 +1111,37 @@ async def test_a_repeated_read_model_query_costs_no_database_read_until_a_delive
 ) -> None:
     """Conditional or not, a repeat is answered from memory; a folded delivery ends that."""
     monkeypatch.setattr("projector.app.ReaderPool", CountingReaders)
+    caches: list[AnswerCache] = []  # the app's answer cache, to see when it is dropped
+
+    def observed_cache() -> AnswerCache:
+        caches.append(AnswerCache())
+        return caches[-1]
+
+    monkeypatch.setattr("projector.app.AnswerCache", observed_cache)
     settings = load_settings(
         db=tmp_path / "c.sqlite3", signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN
     )
     async with TestClient(TestServer(build_app(settings))) as client:
+        [cache] = caches
         banner = "/v1/accounts/acct_c/connections?environment=live"
         body = connection("Connection Created", "slack")
         assert (
             await client.post("/webhooks/refold", data=body, headers=signed(body))
         ).status == 200
         await wait_projected(client)
-        first = await client.get(banner, headers=AUTH)
-        tag = first.headers["ETag"]
-        before = CountingReaders.taken
-        again = await client.get(banner, headers=AUTH)
-        conditional = await client.get(banner, headers={**AUTH, "If-None-Match": tag})
+        # The projector's next poll (within a second) sees the fold and drops every kept
+        # answer once more: a repeat is free only while the read models stand, so measure
+        # again if the cache was dropped meanwhile (bounded).
+        for _ in range(5):
+            version = cache.version
+            first = await client.get(banner, headers=AUTH)
+            tag = first.headers["ETag"]
+            before = CountingReaders.taken
+            again = await client.get(banner, headers=AUTH)
+            conditional = await client.get(banner, headers={**AUTH, "If-None-Match": tag})
+            if cache.version == version:
+                break
+        assert cache.version == version, "the read models kept changing"
         assert (again.status, await again.read()) == (200, await first.read())
         assert again.headers["ETag"] == tag
         assert conditional.status == 304

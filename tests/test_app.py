@@ -18,13 +18,18 @@ async def test_the_projector_stops_when_cancelled_just_as_a_commit_wakes_it(
 ) -> None:
     """A cancel that lands with a wake-up is not swallowed, so shutdown cannot hang."""
     wake = asyncio.Event()
+    caught_up = asyncio.Event()
     lane = WriteLane(db_path, max_pending=10, on_commit=lambda projected: wake.set())
     await lane.open()
     try:
         await open_storage(lane)
-        projector = asyncio.create_task(project_continuously(lane, wake))
-        await asyncio.sleep(0.3)  # caught up with the empty log: now waiting for a wake-up
+        # Its first pass over the empty log reports the projections' state (the callback),
+        # then, in the same step, it waits for a wake-up: when this test runs again, it waits.
+        projector = asyncio.create_task(project_continuously(lane, wake, caught_up.set))
+        await asyncio.wait_for(caught_up.wait(), 10)
         assert not projector.done()
+        waiting_on = projector.get_coro().cr_await  # type: ignore[union-attr]
+        assert getattr(waiting_on, "__qualname__", None) == "Event.wait", waiting_on
         wake.set()  # a commit wakes it ...
         projector.cancel()  # ... in the same loop step as shutdown cancels it
         done, _ = await asyncio.wait({projector}, timeout=5)

@@ -238,6 +238,7 @@ async def test_events_filters_by_linked_account_id_and_stops_at_limit(
 ) -> None:
     account = "cli-account"
     seqs = []
+    expired_seqs = []  # of every account
     for n in range(6):
         for who in (account, "someone-else"):
             body = json.dumps(
@@ -251,8 +252,11 @@ async def test_events_filters_by_linked_account_id_and_stops_at_limit(
             ).encode()
             answer = await client.post("/webhooks/refold", data=body, headers=signed(body))
             assert answer.status == 200
+            seq = (await answer.json())["seq"]
             if who == account:
-                seqs.append((await answer.json())["seq"])
+                seqs.append(seq)
+            if n % 2 == 1:
+                expired_seqs.append(seq)
     env = env_for(db_path)
 
     result = await asyncio.to_thread(run_cli, "events", "--linked-account-id", account, env=env)
@@ -270,8 +274,8 @@ async def test_events_filters_by_linked_account_id_and_stops_at_limit(
         run_cli, "events", "--event", "Connection Expired", "--after", str(seqs[2]), env=env
     )
     printed = [json.loads(line) for line in expired.stdout.splitlines()]
-    assert printed
-    assert all(e["event"] == "Connection Expired" and e["seq"] > seqs[2] for e in printed)
+    assert [e["seq"] for e in printed] == [seq for seq in expired_seqs if seq > seqs[2]]
+    assert {e["event"] for e in printed} == {"Connection Expired"}
     assert (await client.get("/v1/projections", headers=AUTH)).status == 200
 
 

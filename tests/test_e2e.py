@@ -9,15 +9,16 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from projector.log import append_batch
 from projector.readmodels import READ_MODELS
 from projector.sender import environment_of
+from tests.storage_support import new_delivery, open_log
 from tests.support import (
     AUTH,
     KEY_BY_ENVIRONMENT,
@@ -110,6 +111,16 @@ def accounts_in(bodies: Iterable[bytes]) -> list[str]:
     return sorted(found)
 
 
+def sample_instant(text: str) -> datetime:
+    """A createdAt of the sample, read by its exact shape: not by the parser under test."""
+    for shape in ("%a, %d %b %Y %H:%M:%S GMT", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(text, shape).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    raise AssertionError(f"a createdAt of a shape the sample does not use: {text!r}")
+
+
 def expired_live_account(bodies: Iterable[bytes]) -> str:
     """An account of the sample whose latest live connection event is an expiry."""
     latest: dict[tuple[str, str], tuple[datetime, str]] = {}
@@ -122,10 +133,7 @@ def expired_live_account(bodies: Iterable[bytes]) -> str:
             continue
         if "slug" not in payload or not payload["event"].startswith("Connection "):
             continue
-        try:
-            moment = parsedate_to_datetime(payload["createdAt"]).astimezone(UTC)
-        except (TypeError, ValueError):
-            moment = datetime.fromisoformat(payload["createdAt"]).astimezone(UTC)
+        moment = sample_instant(payload["createdAt"])
         key = (payload["linked_account_id"], payload["slug"])
         latest[key] = max(latest.get(key, (moment, "")), (moment, payload["event"]))
     return sorted(a for (a, _), (_, event) in latest.items() if event == "Connection Expired")[0]
@@ -236,31 +244,62 @@ async def test_rebuild_while_serving_gives_byte_identical_answers(service: Servi
 
     state = await projected(service)
     assert state["log_head"] == len(bodies)
-    assert all(p["errors"] == 0 for p in state["projections"])
+    assert [p["errors"] for p in state["projections"]] == [0] * len(READ_MODELS)
     after = await snapshot(service.url, accounts_in(bodies), audit=False)
     assert after == before
 
 
+def rebuild_has_claimed(db: Path) -> bool:
+    """Whether a rebuild has taken its generation and not yet swapped (read-only)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return bool(conn.execute("SELECT count(*) FROM rebuild_claims").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def append_directly(db: Path, bodies: list[bytes]) -> None:
+    """Append live deliveries to the log as another process would, in one transaction."""
+    conn = open_log(db)
+    try:
+        append_batch(conn, [new_delivery(body, "live") for body in bodies])
+    finally:
+        conn.close()
+
+
 async def test_deliveries_received_during_a_rebuild_are_all_projected(service: Service) -> None:
     await post_all(service.url, sample_bodies())
+    # A longer log, so that the rebuild runs for a while (the sample alone takes milliseconds).
+    filler = [connection_body(f"fill-{i:05d}", slug="jira") for i in range(10_000)]
+    await asyncio.to_thread(append_directly, service.db, filler)
     await projected(service)
 
     rebuild = asyncio.create_task(asyncio.to_thread(run_cli, "rebuild", env=service.env))
-    acks: list[Ack] = []
-    async with session() as http:
-        # Keep delivering until the rebuild has ended, then a few more after it.
-        while not rebuild.done() or len(acks) < 20:
-            acks.append(await post(http, service.url, connection_body(f"rb-{len(acks):04d}")))
-            if len(acks) > 5000:
-                break
-        result = await rebuild
-        acks.append(await post(http, service.url, connection_body("rb-last")))
-    assert result.returncode == 0, result.stderr
+    # Each ack, and whether the rebuild had claimed its generation before it was sent: then
+    # its seq is past the head the rebuild started from.
+    acks: list[tuple[Ack, bool]] = []
 
-    state = await projected(service)
-    assert state["log_head"] == max(ack.seq for ack in acks)
+    async def deliver(http: aiohttp.ClientSession, lane: int) -> None:
+        # Keep delivering until the rebuild has ended, then a few more after it (bounded).
+        while (not rebuild.done() or len(acks) < 20) and len(acks) < 5000:
+            claimed = await asyncio.to_thread(rebuild_has_claimed, service.db)
+            body = connection_body(f"rb-{lane}-{len(acks):04d}")
+            acks.append((await post(http, service.url, body), claimed))
+
     async with session() as http:
-        for ack in acks:
+        await asyncio.gather(*(deliver(http, lane) for lane in range(4)))
+        result = await rebuild
+        acks.append((await post(http, service.url, connection_body("rb-last")), False))
+    assert result.returncode == 0, result.stderr
+    swapped_at = int(result.stdout.rsplit("rebuilt from ", 1)[1].split()[0])
+
+    # Appended after the rebuild began and before its swap: the rebuild itself folded these.
+    during = [ack for ack, claimed in acks if claimed and ack.seq <= swapped_at]
+    assert during, f"no delivery landed while the rebuild ran (it swapped at {swapped_at})"
+    state = await projected(service)
+    assert state["log_head"] == max(ack.seq for ack, _ in acks)
+    async with session() as http:
+        for ack, _ in acks:  # `during` among them
             account = json.loads(ack.body)["linked_account_id"]
             banner = await get_json(http, f"{service.url}/v1/accounts/{account}/connections")
             assert [(c["slug"], c["status"]) for c in banner["connections"]] == [

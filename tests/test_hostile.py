@@ -4,7 +4,8 @@ Each case sends exact bytes over a raw socket to 127.0.0.1 and states the answer
 whether the request is stored in the log (counted in SQLite, read-only, before and after) and
 the flags a stored delivery carries. Throughout: no answer is a 5xx, nothing unsigned is
 stored, a validly signed delivery is never lost (malformed ones are stored and flagged), and
-the last test proves the server still serves, stores and projects afterwards.
+the last test sends the whole table to a server of its own, then proves it still serves,
+stores and projects.
 """
 
 from __future__ import annotations
@@ -652,21 +653,39 @@ def log_state(db: Path) -> tuple[int, int, list[str] | None]:
 # --- the tests --------------------------------------------------------------------------
 
 CASES = hostile_requests()
-SEEN: dict[str, tuple[object, ...]] = {}  # the first answer of each same_as group
+# For each same_as group, a plain request whose answer every case of the group must repeat.
+REFERENCES = {UNAUTHORISED: get("/v1/projections")}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """One real service for the whole table, with an account that exists."""
-    db = tmp_path_factory.mktemp("hostile") / "projector.sqlite3"
+def hostile_service(db: Path) -> Service:
+    """A real service with the table's body limit and the account that exists."""
     running = Service(db, extra_env={"PROJECTOR_MAX_BODY_BYTES": str(LIMIT)}).start()
     try:
         answers = exchange(running.port, signed_post(delivery(EXISTING)))
         assert [a.status for a in answers] == [200]
         wait_projected_http(running.url)
-        yield running
-    finally:
+    except BaseException:
         running.kill()
+        raise
+    return running
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One real service for the whole table; each case compares the log before and after."""
+    running = hostile_service(tmp_path_factory.mktemp("hostile") / "projector.sqlite3")
+    yield running
+    running.kill()
+
+
+def shown(answer: Answer) -> tuple[object, ...]:
+    """What an answer reveals: status, content type, challenge and body."""
+    return (
+        answer.status,
+        answer.headers.get("content-type"),
+        answer.headers.get("www-authenticate"),
+        answer.body,
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
@@ -703,14 +722,9 @@ def test_hostile_request_gets_its_status_and_only_signed_deliveries_are_stored(
     if case.allow is not None:
         assert answers[0].headers.get("allow") == case.allow
     if case.same_as is not None:
-        shown = answers[0]
-        seen = (
-            shown.status,
-            shown.headers.get("content-type"),
-            shown.headers.get("www-authenticate"),
-            shown.body,
-        )
-        assert SEEN.setdefault(case.same_as, seen) == seen
+        [reference] = exchange(server.port, REFERENCES[case.same_as])
+        assert reference.status == 401, reference
+        assert shown(answers[0]) == shown(reference)
 
 
 def assert_error_shape(answer: Answer, case: Case) -> None:
@@ -728,10 +742,23 @@ def assert_error_shape(answer: Answer, case: Case) -> None:
 
 
 def test_after_the_table_the_server_is_alive_healthy_and_stores_and_projects(
-    server: Service,
+    tmp_path: Path,
 ) -> None:
     assert len(CASES) >= 45
     assert len({case.id for case in CASES}) == len(CASES)
+    # A server of its own, sent the whole table here, so this holds whatever ran before.
+    server = hostile_service(tmp_path / "projector.sqlite3")
+    try:
+        for case in CASES:
+            answers = exchange(server.port, case.request, hang_up=case.hang_up)
+            assert [a.status for a in answers if a.status >= 500] == [], case.id
+        check_the_server_after_the_table(server)
+    finally:
+        server.kill()
+
+
+def check_the_server_after_the_table(server: Service) -> None:
+    """Alive, healthy, storing and projecting; every stored case readable back."""
     assert server.process is not None
     assert server.process.poll() is None  # still the same process: it never crashed
 
@@ -742,9 +769,11 @@ def test_after_the_table_the_server_is_alive_healthy_and_stores_and_projects(
     assert stored.status == 200
     count, head, flags = log_state(server.db)
     assert json.loads(stored.body)["seq"] == head == count
+    # The account that exists, every case the table stores, and the one just sent.
+    assert count == 1 + sum(case.stored for case in CASES) + 1
     assert flags == []
     projections: Any = wait_projected_http(server.url)["projections"]
-    assert all(p["errors"] == 0 for p in projections)
+    assert [p["errors"] for p in projections] == [0, 0]
     [banner] = exchange(server.port, read("/v1/accounts/hostile-after/connections"))
     assert [c["status"] for c in json.loads(banner.body)["connections"]] == ["connected"]
 

@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 
 from projector.app import build_app
 from projector.config import fingerprint, load_settings
-from projector.http import ApiError
+from projector.http import ApiError, Handler
 from projector.receiver import read_bounded_body
 from projector.signature import SIGNATURE_HEADER, sign_body
 from tests.support import (
@@ -412,7 +412,18 @@ async def test_deliveries_beyond_max_pending_get_503_before_their_body_is_read(
     settings = load_settings(
         db=tmp_path / "p.sqlite3", signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN, max_pending=1
     )
-    client: TestClient = await aiohttp_client(build_app(settings))
+    app = build_app(settings)
+    receiving = asyncio.Event()
+
+    @web.middleware
+    async def note_receiving(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Set before the receiver runs; this test goes on only once the receiver is waiting
+        # for the rest of the body, so the slot is taken by then.
+        receiving.set()
+        return await handler(request)
+
+    app.middlewares.append(note_receiving)
+    client: TestClient = await aiohttp_client(app)
     body = connection_body("acct_slow")
     release = asyncio.Event()
 
@@ -424,9 +435,10 @@ async def test_deliveries_beyond_max_pending_get_503_before_their_body_is_read(
     first = asyncio.create_task(
         client.post("/webhooks/refold", data=slow_body(), headers=signed(body))
     )
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(receiving.wait(), 10)
     second_body = connection_body("acct_refused")
     refused = await client.post("/webhooks/refold", data=second_body, headers=signed(second_body))
+    assert not first.done()  # the first delivery still holds its slot
     assert refused.status == 503
     assert refused.headers["Retry-After"] == "5"
     assert (await refused.json())["error"]["code"] == "overloaded"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from projector import log, projection
-from projector.writer import Overloaded, ProjectAppended, StorageUnavailable, WriteLane
+from projector.writer import (
+    MAX_BATCH,
+    Overloaded,
+    ProjectAppended,
+    StorageUnavailable,
+    WriteLane,
+)
 from tests.storage_support import (
     catch_up,
     open_log,
@@ -73,10 +80,37 @@ async def test_concurrent_appends_get_distinct_gap_free_seqs(
     assert stored_seqs(db_path) == list(range(1, 301))
 
 
-async def test_concurrent_appends_share_commits(lane: WriteLane, commits: Commits) -> None:
-    """Deliveries queued together are committed together: fewer commits than deliveries."""
-    await asyncio.gather(*(lane.append(unique(i)) for i in range(300)))
-    assert 1 <= commits.count < 300
+async def test_appends_waiting_together_share_commits_of_at_most_max_batch(db_path: Path) -> None:
+    """300 appends queued while the writer is busy take two commits: MAX_BATCH, then the rest."""
+    assert MAX_BATCH < 300  # else one commit would take them all and this proves less
+    waiting_after_commit: list[int] = []
+    lane = WriteLane(db_path, 10_000, lambda projected: waiting_after_commit.append(lane.pending))
+    open_log(db_path).close()
+    await lane.open()
+    try:
+        inside, release = threading.Event(), threading.Event()
+
+        def hold_the_writer(conn: sqlite3.Connection) -> bool:
+            inside.set()
+            return release.wait(30)
+
+        held = asyncio.ensure_future(lane.run(hold_the_writer))
+        assert await asyncio.to_thread(inside.wait, 30), "the writer never ran the job"
+        appends = [asyncio.create_task(lane.append(unique(i))) for i in range(300)]
+        for _ in range(1000):  # bounded: each task queues its delivery on its first step
+            if lane.pending == 300:
+                break
+            await asyncio.sleep(0.001)
+        assert lane.pending == 300
+        release.set()
+        assert await held is True
+        results = await asyncio.gather(*appends)
+    finally:
+        await lane.close()
+    assert [r.seq for r in results] == list(range(1, 301))
+    # Each commit settles its whole batch at once: what is still waiting drops by its size.
+    assert waiting_after_commit == [300 - MAX_BATCH, 0]
+    assert stored_seqs(db_path) == list(range(1, 301))
 
 
 async def test_each_append_is_resolved_with_its_own_delivery_seq(
@@ -176,8 +210,8 @@ async def test_close_commits_the_queued_appends_before_returning(db_path: Path) 
     open_log(db_path).close()
     await lane.open()
     tasks = [asyncio.create_task(lane.append(unique(i))) for i in range(40)]
-    await asyncio.sleep(0)  # let every task enqueue its delivery
-    assert lane.pending > 0
+    await asyncio.sleep(0)  # each task queues its delivery on its first step
+    assert lane.pending == 40  # all of them, so close() finds every one queued
     await lane.close()
     assert all(t.done() and t.exception() is None for t in tasks)
     assert sorted(t.result().seq for t in tasks) == list(range(1, 41))
