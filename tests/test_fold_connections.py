@@ -180,3 +180,7 @@ def test_folding_states_matches_the_latest_event_by_time_then_precedence(
         assert (state.status, state.status_since) == (expected, latest)
         assert state.first_seen == min(c.occurred_at for c in mine)
         assert state.last_seen == latest
+        # The type comes from the deciding events only: the greatest, an absent one lowest.
+        deciding = [c.type for c in mine if (c.occurred_at, c.status) == (latest, expected)]
+        typed = [t for t in deciding if t is not None]
+        assert state.type == (max(typed) if typed else None)

@@ -144,3 +144,34 @@ def test_a_run_is_completed_exactly_when_one_of_its_outcomes_is(
         statuses = {o.status for o in items if (o.environment, o.instance_id) == key}
         assert (state.status == "COMPLETED") == ("COMPLETED" in statuses)
         assert state.status in statuses
+
+
+def _greatest(values: Iterable[str | None]) -> str | None:
+    present = [value for value in values if value is not None]
+    return max(present) if present else None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(outcomes, min_size=1, max_size=12))
+def test_each_run_follows_the_written_rule_for_its_status_and_every_descriptive_field(
+    items: list[WorkflowOutcome],
+) -> None:
+    """README: COMPLETED, else errored > timed_out > stopped > others (ties by name);
+    each descriptive field the greatest value any event carries."""
+    known = ("COMPLETED", "ERRORED", "TIMED_OUT", "STOPPED")
+    states = fold_by_key(items)
+    assert set(states) == {(o.environment, o.instance_id) for o in items}
+    for (environment, instance), state in states.items():
+        mine = [o for o in items if (o.environment, o.instance_id) == (environment, instance)]
+        statuses = {o.status for o in mine}
+        ranked = [s for s in known if s in statuses]
+        status = ranked[0] if ranked else max(statuses)
+        assert state == WorkflowRun(
+            environment,
+            instance,
+            max(o.linked_account_id for o in mine),
+            status,
+            _greatest(o.workflow_id for o in mine),
+            _greatest(o.workflow_name for o in mine),
+            _greatest(o.config_id for o in mine),
+        )
