@@ -316,6 +316,27 @@ def append_batch(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list
         return append_rows(conn, batch)
 
 
+def row_content(seq: int, delivery: NewDelivery, duplicate_of: int | None) -> tuple[Any, ...]:
+    """The stored columns of `delivery` at `seq`, in HASHED_COLUMNS order."""
+    return (
+        seq,
+        delivery.received_at,
+        delivery.environment,
+        delivery.key_id,
+        delivery.signed_as,
+        _SORTED_JSON.encode(delivery.headers),
+        delivery.body,
+        delivery.event,
+        delivery.kind,
+        delivery.linked_account_id,
+        delivery.slug,
+        delivery.instance_id,
+        delivery.event_key,
+        "[]" if not delivery.flags else json.dumps(list(delivery.flags)),
+        duplicate_of,
+    )
+
+
 def append_rows(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[Appended]:
     """Append deliveries inside the caller's write transaction (BEGIN IMMEDIATE)."""
     results: list[Appended] = []
@@ -329,23 +350,7 @@ def append_rows(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[
         seq += 1
         first = first_seen.setdefault(delivery.event_key, seq)
         duplicate_of = None if first == seq else first  # the first of its event: None
-        content = (
-            seq,
-            delivery.received_at,
-            delivery.environment,
-            delivery.key_id,
-            delivery.signed_as,
-            _SORTED_JSON.encode(delivery.headers),
-            delivery.body,
-            delivery.event,
-            delivery.kind,
-            delivery.linked_account_id,
-            delivery.slug,
-            delivery.instance_id,
-            delivery.event_key,
-            "[]" if not delivery.flags else json.dumps(list(delivery.flags)),
-            duplicate_of,
-        )
+        content = row_content(seq, delivery, duplicate_of)
         previous = row_hash(previous, content)
         rows.append((*content, previous))
         results.append(Appended(seq, duplicate_of))

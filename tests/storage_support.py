@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -179,23 +178,7 @@ def slip_in(conn: sqlite3.Connection, seq: int, delivery: log.NewDelivery) -> No
         "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'deliveries'"
     ).fetchall():
         conn.execute(f"DROP TRIGGER {trigger}")
-    content = (
-        seq,
-        delivery.received_at,
-        delivery.environment,
-        delivery.key_id,
-        delivery.signed_as,
-        json.dumps(delivery.headers, sort_keys=True),
-        delivery.body,
-        delivery.event,
-        delivery.kind,
-        delivery.linked_account_id,
-        delivery.slug,
-        delivery.instance_id,
-        delivery.event_key,
-        json.dumps(list(delivery.flags)),
-        None,
-    )
+    content = log.row_content(seq, delivery, None)
     columns = ", ".join((*HASHED_COLUMNS, "row_hash"))
     conn.execute(
         f"INSERT INTO deliveries ({columns}) VALUES ({', '.join('?' * 16)})",

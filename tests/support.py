@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient
@@ -39,6 +40,16 @@ def signed(body: bytes, key: str = LIVE_KEY) -> dict[str, str]:
 def sample_bodies() -> list[bytes]:
     """The sample stream in data/, one body per line."""
     return [line for line in SAMPLE.read_bytes().splitlines() if line.strip()]
+
+
+def sample_instant(text: str) -> datetime:
+    """A createdAt of the sample, read by its exact shape: not by the parser under test."""
+    for shape in ("%a, %d %b %Y %H:%M:%S GMT", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(text, shape).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    raise AssertionError(f"a createdAt of a shape the sample does not use: {text!r}")
 
 
 def free_port() -> int:

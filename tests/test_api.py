@@ -10,7 +10,7 @@ import shutil
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from tests.support import (
     SIGNING_KEYS,
     run_cli,
     sample_bodies,
+    sample_instant,
     service_env,
     signed,
     wait_projected,
@@ -182,16 +183,6 @@ async def walk(client: TestClient, url: str, items: str, limit: int) -> list[Any
 # --- an independent reading of the sample -----------------------------------------------
 
 
-def instant(text: str) -> datetime:
-    """A createdAt of the sample, read by its exact shape: not by the parser under test."""
-    for shape in ("%a, %d %b %Y %H:%M:%S GMT", "%Y-%m-%dT%H:%M:%SZ"):
-        try:
-            return datetime.strptime(text, shape).replace(tzinfo=UTC)
-        except ValueError:
-            continue
-    raise AssertionError(f"a createdAt of a shape the sample does not use: {text!r}")
-
-
 def expected_connections(sent: list[Sent]) -> dict[tuple[str, str, str], str]:
     """(environment, account, slug) -> status: the latest createdAt wins, ties by precedence."""
     latest: dict[tuple[str, str, str], tuple[datetime, int, str]] = {}
@@ -205,7 +196,7 @@ def expected_connections(sent: list[Sent]) -> dict[tuple[str, str, str], str]:
             continue
         status = CONNECTION_STATUS[payload["event"]]
         key = (item.environment, payload["linked_account_id"], payload["slug"])
-        rank = (instant(payload["createdAt"]), CONNECTION_PRECEDENCE[status], status)
+        rank = (sample_instant(payload["createdAt"]), CONNECTION_PRECEDENCE[status], status)
         latest[key] = max(latest.get(key, rank), rank)
     return {key: rank[2] for key, rank in latest.items()}
 

@@ -8,7 +8,7 @@ import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from tests.support import (
     Service,
     run_cli,
     sample_bodies,
+    sample_instant,
     signed,
     wait_projected_http,
 )
@@ -109,16 +110,6 @@ def accounts_in(bodies: Iterable[bytes]) -> list[str]:
             continue
         found.add(str(payload["linked_account_id"]))
     return sorted(found)
-
-
-def sample_instant(text: str) -> datetime:
-    """A createdAt of the sample, read by its exact shape: not by the parser under test."""
-    for shape in ("%a, %d %b %Y %H:%M:%S GMT", "%Y-%m-%dT%H:%M:%SZ"):
-        try:
-            return datetime.strptime(text, shape).replace(tzinfo=UTC)
-        except ValueError:
-            continue
-    raise AssertionError(f"a createdAt of a shape the sample does not use: {text!r}")
 
 
 def expired_live_account(bodies: Iterable[bytes]) -> str:
