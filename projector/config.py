@@ -46,6 +46,7 @@ def parse_signing_keys(raw: str) -> tuple[SigningKey, ...]:
     """Parse `test:tk_a,live:pk_new,live:pk_old` into keys, or raise ConfigError."""
     hint = "set it to comma-separated environment:api_key pairs, e.g. 'test:tk_abc,live:pk_xyz'"
     keys: list[SigningKey] = []
+    seen: dict[str, tuple[int, str]] = {}  # key -> (entry, environment) that first listed it
     for position, pair in enumerate(raw.split(","), start=1):
         pair = pair.strip()
         if not pair:
@@ -65,6 +66,16 @@ def parse_signing_keys(raw: str) -> tuple[SigningKey, ...]:
         secret = secret.strip()
         if not secret:
             raise ConfigError(f"PROJECTOR_SIGNING_KEYS: entry {position} has an empty key; {hint}")
+        # The key that matched decides a delivery's environment: a key listed for both
+        # environments could not decide it, so it is refused rather than tried in order.
+        first_position, first_environment = seen.setdefault(secret, (position, environment))
+        if first_environment != environment:
+            raise ConfigError(
+                f"PROJECTOR_SIGNING_KEYS: entries {first_position} ({first_environment}) and "
+                f"{position} ({environment}) hold the same key; the key that matched decides "
+                "a delivery's environment, so each key may be listed for one environment "
+                "only: give each environment its own Refold API key"
+            )
         keys.append(SigningKey(environment, secret.encode(), fingerprint(environment, secret)))
     if not keys:
         raise ConfigError(f"PROJECTOR_SIGNING_KEYS is empty or unset; {hint}")

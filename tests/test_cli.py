@@ -125,6 +125,20 @@ def test_signing_key_config_error_does_not_echo_the_key(db_path: Path, keys: str
     assert TEST_KEY not in result.stderr + result.stdout
 
 
+def test_serve_with_one_key_for_two_environments_exits_2_without_printing_the_key(
+    db_path: Path,
+) -> None:
+    keys = "test:pk_shared_secret_9,live:pk_shared_secret_9"
+    result = run_cli("serve", env=env_for(db_path, PROJECTOR_SIGNING_KEYS=keys), timeout=30)
+    assert result.returncode == 2
+    assert "PROJECTOR_SIGNING_KEYS: entries 1 (test) and 2 (live) hold the same key" in (
+        result.stderr
+    )
+    assert_plain_error(result.stderr)
+    assert "pk_shared_secret_9" not in result.stderr + result.stdout
+    assert not db_path.exists()
+
+
 def test_serve_on_a_port_already_in_use_exits_with_an_error_instead_of_hanging(
     db_path: Path,
 ) -> None:
