@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from projector import integrity, log, projection, queries, replay, schemas
+from projector import database, integrity, log, projection, queries, replay, schemas
 from projector.app import build_app
 from projector.config import ConfigError, Settings, load_settings, normalise_environment
 from projector.flags import flag_argument
@@ -56,7 +56,10 @@ def _read_bodies(path: Path) -> list[bytes]:
 
 async def _serve(settings: Settings, seed: list[bytes] | None) -> None:
     runner = web.AppRunner(build_app(settings), access_log=None, shutdown_timeout=10)
-    await runner.setup()
+    try:
+        await runner.setup()  # opens and migrates the log
+    except (sqlite3.Error, OSError) as exc:
+        raise database.unusable(settings.db, f"cannot open the log ({exc})") from None
     site = web.TCPSite(runner, settings.host, settings.port)
     try:
         await site.start()
@@ -124,6 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=True)
     configure_logging(settings.log_format, settings.log_level)
     seed = None if args.seed is None else _read_bodies(args.seed)
+    database.check_database(settings.db, readonly=False, create=True)
     run_event_loop(_serve(settings, seed))
     return 0
 
@@ -134,9 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
     configure_logging(settings.log_format, settings.log_level)
-    if not settings.db.exists():
-        raise ConfigError(f"PROJECTOR_DB: no database at {settings.db}; start the service first")
-    conn = log.connect(settings.db)
+    conn = database.open_database(settings.db, readonly=False)
     try:
         log.migrate(conn)
         head = replay.rebuild(conn)
@@ -156,9 +158,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
-    if not settings.db.exists():
-        raise ConfigError(f"PROJECTOR_DB: no database at {settings.db}")
-    conn = log.connect(settings.db, readonly=True)
+    conn = database.open_database(settings.db, readonly=True)
     try:
         log.check_version(conn)
         quick_check = [row[0] for row in conn.execute("PRAGMA quick_check")]
@@ -183,22 +183,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
-    destination = Path(args.destination)
-    if not settings.db.exists():
-        raise ConfigError(f"PROJECTOR_DB: no database at {settings.db}")
-    if destination.exists():
-        raise ConfigError(f"{destination} exists already; choose a new file for the backup")
-    source = log.connect(settings.db, readonly=True)
-    target = sqlite3.connect(destination)
+    source = database.open_database(settings.db, readonly=True)
     try:
-        # SQLite's online backup: a consistent snapshot, safe while the server writes.
-        source.backup(target)
-        head = log.head(target)
+        destination = database.check_backup_destination(Path(args.destination))
+        head = _copy(source, destination)
     finally:
-        target.close()
         source.close()
     print(f"backed up {head} deliveries and the read models to {destination}")
     return 0
+
+
+def _copy(source: sqlite3.Connection, destination: Path) -> int:
+    """Back `source` up to the new file `destination`; the log's head. No partial file is left."""
+    try:
+        target = sqlite3.connect(destination)
+        try:
+            # SQLite's online backup: a consistent snapshot, safe while the server writes.
+            source.backup(target)
+            return log.head(target)
+        finally:
+            target.close()
+    except (sqlite3.Error, OSError) as exc:
+        destination.unlink(missing_ok=True)
+        raise ConfigError(f"backup destination ({destination}): cannot write it ({exc})") from None
 
 
 # --- send -------------------------------------------------------------------------------
@@ -251,8 +258,7 @@ async def _print_events(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_events(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
     configure_logging(settings.log_format, settings.log_level)
-    if not settings.db.exists():
-        raise ConfigError(f"PROJECTOR_DB: no database at {settings.db}")
+    database.check_database(settings.db, readonly=True)
     asyncio.run(_print_events(settings, args))
     return 0
 
