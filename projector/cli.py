@@ -269,12 +269,19 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_schemas(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.check:
+        if not out.is_dir():  # run elsewhere: nothing to compare, rather than all out of date
+            raise ConfigError(
+                f"no schemas folder at {out.resolve()} to check; run this in the project "
+                "folder (the one holding schemas/), or name the folder with --out"
+            )
         stale = schemas.stale_schemas(out)
         for name in stale:
             print(f"out of date: {out / name}", file=sys.stderr)
         if stale:
             print("run `projector schemas` to regenerate them", file=sys.stderr)
-        return 1 if stale else 0
+            return 1
+        print(f"all {len(schemas.render_schemas())} schema files in {out} are current")
+        return 0
     for path in schemas.write_schemas(out):
         print(path)
     return 0

@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -381,6 +382,37 @@ def test_schemas_check_passes_on_the_repository_schemas(db_path: Path) -> None:
     assert any((REPO / "schemas").glob("*/*.json")), "schemas/ is missing: run `make schemas`"
     result = run_cli("schemas", "--check", env=env_for(db_path))
     assert result.returncode == 0, result.stderr
+
+
+def test_schemas_check_outside_the_project_says_there_is_no_schemas_folder(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "projector.cli", "schemas", "--check"],
+        env=env_for(tmp_path / "db.sqlite3"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert_plain_error(result.stderr)
+    assert f"no schemas folder at {tmp_path / 'schemas'} to check" in result.stderr
+    assert "out of date" not in result.stderr
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_schemas_check_prints_one_line_when_every_file_is_current(tmp_path: Path) -> None:
+    out = tmp_path / "schemas"
+    env = env_for(tmp_path / "db.sqlite3")
+    assert run_cli("schemas", "--out", str(out), env=env).returncode == 0
+    result = run_cli("schemas", "--check", "--out", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    count = len(list(out.glob("*/*.json")))
+    assert result.stdout == f"all {count} schema files in {out} are current\n"
+    assert result.stderr == ""
 
 
 def test_schemas_check_passes_on_freshly_generated_schemas(tmp_path: Path) -> None:
