@@ -114,3 +114,18 @@ def check_backup_destination(path: Path) -> Path:
     if not os.access(where.parent, os.W_OK):
         raise ConfigError(f"{label}: no permission to write in the folder {where.parent}")
     return where
+
+
+def backup(source: sqlite3.Connection, destination: Path) -> int:
+    """Back `source` up to the new file `destination`; the log's head. No partial file is left."""
+    try:
+        target = sqlite3.connect(destination)
+        try:
+            # SQLite's online backup: a consistent snapshot, safe while the server writes.
+            source.backup(target)
+            return log.head(target)
+        finally:
+            target.close()
+    except (sqlite3.Error, OSError) as exc:
+        destination.unlink(missing_ok=True)
+        raise ConfigError(f"backup destination ({destination}): cannot write it ({exc})") from None
