@@ -6,29 +6,30 @@ import argparse
 import asyncio
 import sqlite3
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-import structlog
-
 from projector import database, integrity, log, projection, queries, replay, schemas, server
+from projector.cliargs import EPILOGS, log_position, package_version, whole_number
 from projector.config import ConfigError, Settings, load_settings, normalise_environment
 from projector.flags import flag_argument
 from projector.logs import configure_logging
 from projector.readers import ReaderPool
 from projector.sender import send_bodies
 
-logger = structlog.get_logger("projector.cli")
 EXIT_CONFIG = 2
 
 
-def _settings(args: argparse.Namespace, *, secrets: bool) -> Settings:
+def _settings(args: argparse.Namespace, *, secrets: bool, read_tokens: bool = True) -> Settings:
     overrides = {
         k: v
         for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)))
         if v is not None
     }
-    return load_settings(require_secrets=secrets, **overrides)
+    return load_settings(
+        require_secrets=secrets, require_read_tokens=secrets and read_tokens, **overrides
+    )
 
 
 def _environment(value: str) -> str:
@@ -124,7 +125,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    settings = _settings(args, secrets=True)
+    settings = _settings(args, secrets=True, read_tokens=False)
     configure_logging(settings.log_format, settings.log_level)
     bodies = _read_bodies(Path(args.file))
     report = asyncio.run(
@@ -205,21 +206,33 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 def _command(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
 ) -> argparse.ArgumentParser:
-    # `help` shows in `projector --help`; `description` in `projector NAME --help`.
-    return commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:])
+    # `help` shows in `projector --help`; `description` and `epilog` in `projector NAME --help`.
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(summary[0].upper() + summary[1:], width=80),
+        epilog=EPILOGS[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="projector",
         description="refold-projector: Refold webhooks in, durable event log, read models out. "
-        "Configured by PROJECTOR_* environment variables (see README).",
+        "Configured by PROJECTOR_* environment variables (see README); each command's --help "
+        "names those it reads, and every command checks any that are set.",
     )
+    parser.add_argument("--version", action="version", version=f"projector {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = _command(commands, "serve", "run the receiver, projectors and query API")
     serve.add_argument("--host", help="address to listen on (PROJECTOR_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (PROJECTOR_PORT, default 8080)")
+    serve.add_argument(
+        "--port",
+        type=whole_number("port", 1, 65535),
+        help="port to listen on (PROJECTOR_PORT, default 8080)",
+    )
     serve.add_argument(
         "--seed",
         type=Path,
@@ -267,7 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="test",
         help="for lines that name no environment (default test)",
     )
-    send.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    send.add_argument(
+        "--concurrency",
+        type=whole_number("concurrency", 1),
+        default=8,
+        help="requests in flight (default 8)",
+    )
     send.set_defaults(run=cmd_send)
 
     events = _command(commands, "events", "print the audit trail as JSON lines")
@@ -276,8 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     events.add_argument("--linked-account-id")
     events.add_argument("--event", help="e.g. 'Connection Expired'")
-    events.add_argument("--after", type=int, default=0, help="only seq greater than this")
-    events.add_argument("--limit", type=int, help="at most this many events")
+    events.add_argument("--after", type=log_position, default=0, help="only seq greater than this")
+    events.add_argument(
+        "--limit", type=whole_number("limit", 1), help="at most this many events (default all)"
+    )
     flagged = "flagged deliveries only (--no-flagged: clean ones only)"
     events.add_argument("--flagged", action=argparse.BooleanOptionalAction, help=flagged)
     flag = "only deliveries carrying flag NAME, e.g. missing_field:slug"

@@ -127,8 +127,13 @@ class Settings(BaseSettings):
         return tuple(v.encode() if isinstance(v, str) else v for v in value)
 
 
-def load_settings(*, require_secrets: bool = True, **overrides: Any) -> Settings:
-    """Read and validate the settings, raising ConfigError with a fix-it message."""
+def load_settings(
+    *, require_secrets: bool = True, require_read_tokens: bool | None = None, **overrides: Any
+) -> Settings:
+    """Read and validate the settings, raising ConfigError with a fix-it message.
+
+    `require_secrets` needs signing keys and read tokens; `require_read_tokens=False` only keys.
+    """
     try:
         settings = Settings(**overrides)
     except ConfigError:
@@ -144,6 +149,8 @@ def load_settings(*, require_secrets: bool = True, **overrides: Any) -> Settings
         raise ConfigError("; ".join(problems)) from None
     if require_secrets and not settings.signing_keys:
         parse_signing_keys("")
-    if require_secrets and not settings.read_tokens:
+    if require_read_tokens is None:
+        require_read_tokens = require_secrets
+    if require_read_tokens and not settings.read_tokens:
         parse_read_tokens("")
     return settings

@@ -183,6 +183,14 @@ def test_read_tokens_are_required_once_signing_keys_are_set() -> None:
         load_settings(signing_keys="live:pk_a")
 
 
+def test_signing_keys_alone_suffice_when_read_tokens_are_not_required() -> None:
+    settings = load_settings(signing_keys="live:pk_a", require_read_tokens=False)
+    assert [k.secret for k in settings.signing_keys] == [b"pk_a"]
+    assert settings.read_tokens == ()
+    with pytest.raises(ConfigError, match="PROJECTOR_SIGNING_KEYS"):
+        load_settings(require_read_tokens=False)
+
+
 def test_overrides_are_parsed_like_environment_variables(tmp_path: Path) -> None:
     settings = load_settings(
         db=tmp_path / "x.sqlite3",
