@@ -16,7 +16,7 @@ from projector.config import ConfigError, Settings, load_settings, normalise_env
 from projector.flags import flag_argument
 from projector.logs import configure_logging
 from projector.readers import ReaderPool
-from projector.sender import send_bodies
+from projector.sender import send_bodies, terminal_progress
 
 EXIT_CONFIG = 2
 
@@ -128,15 +128,36 @@ def cmd_send(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=True, read_tokens=False)
     configure_logging(settings.log_format, settings.log_level)
     bodies = _read_bodies(Path(args.file))
-    report = asyncio.run(
-        send_bodies(args.url, bodies, settings.signing_keys, args.environment, args.concurrency)
-    )
-    for problem in report.failed:
-        print(problem, file=sys.stderr)
-    print(
+    progress = terminal_progress(sys.stderr)
+    try:
+        report = asyncio.run(
+            send_bodies(
+                args.url,
+                bodies,
+                settings.signing_keys,
+                args.environment,
+                args.concurrency,
+                progress=progress,
+            )
+        )
+    finally:
+        if progress is not None:
+            progress.end()
+    summary = (
         f"sent {report.sent}, accepted {report.accepted}, duplicates {report.duplicates}, "
         f"failed {len(report.failed)}"
     )
+    if report.unreachable is not None:  # one line, not one per line of the file
+        print(
+            f"projector: {report.unreachable}; check --url, and that the service runs there",
+            file=sys.stderr,
+        )
+        if report.accepted:
+            print(summary)
+        return 1
+    for problem in report.failed:
+        print(problem, file=sys.stderr)
+    print(summary)
     return 1 if report.failed else 0
 
 
