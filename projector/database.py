@@ -74,9 +74,14 @@ def open_database(path: Path, *, readonly: bool, create: bool = False) -> sqlite
         raise _not_a_database(where, exc) from None
     try:
         conn.execute("PRAGMA user_version").fetchone()  # reads the header: is it SQLite at all?
+        if readonly:  # nothing will migrate it: it must be a log at this code's version
+            log.check_version(conn)
     except sqlite3.Error as exc:
         conn.close()
         raise _not_a_database(where, exc) from None
+    except log.LogSchemaError as exc:
+        conn.close()
+        raise unusable(where, str(exc)) from None
     return conn
 
 

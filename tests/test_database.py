@@ -128,6 +128,19 @@ def test_a_db_that_is_not_sqlite_exits_2_naming_it(tmp_path: Path, command: str)
     assert_names_db(result, db, "cannot use it as the database (file is not a database)")
 
 
+@pytest.mark.parametrize("command", ["verify", "events", "backup"])
+def test_a_sqlite_file_that_is_not_a_log_is_named_by_every_reading_command(
+    tmp_path: Path, command: str
+) -> None:
+    db = tmp_path / "someone-elses.sqlite3"
+    other = sqlite3.connect(db)
+    other.execute("CREATE TABLE notes (text)")
+    other.close()
+    result = run_in(tmp_path, *DB_COMMANDS[command], env=service_env(Path(db.name)))
+    assert_names_db(result, db, "the database has log schema version 0, older than")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [db.name]  # no backup file either
+
+
 @pytest.mark.parametrize("command", ["rebuild", "verify", "events", "backup"])
 def test_a_missing_db_exits_2_naming_it_resolved_and_creates_nothing(
     tmp_path: Path, command: str
