@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import structlog
@@ -23,7 +23,6 @@ logger = structlog.get_logger("projector.api")
 
 READERS = web.AppKey("readers", readers.ReaderPool)
 ACCOUNT_READS = web.AppKey("account_reads", readers.AccountReads)
-_STATUS_VALUE = re.compile(r"[a-z_]{1,40}")
 _SEQ_VALUE = re.compile(r"[0-9]{1,18}")
 _LIMIT_VALUE = re.compile(r"[0-9]{1,4}")
 
@@ -72,13 +71,10 @@ def _seq(raw: str, name: str) -> int:
     return int(raw)
 
 
-def _status(params: dict[str, str], allowed: Iterable[str] | None = None) -> str | None:
+def _status(params: dict[str, str], allowed: Sequence[str]) -> str | None:
     status = params.get("status")
-    if status is None:
-        return None
-    valid = status in allowed if allowed is not None else _STATUS_VALUE.fullmatch(status)
-    if not valid:
-        choices = ", ".join(allowed) if allowed else "a lower-case status such as errored"
+    if status is not None and status not in allowed:
+        choices = ", ".join(allowed)
         raise ApiError(400, "invalid_status", f"status {status[:40]!r} is not one of {choices}")
     return status
 
@@ -140,7 +136,8 @@ async def workflow_run(request: web.Request) -> web.Response:
 
 async def account_runs(request: web.Request) -> web.Response:
     params = _params(request, ("status", "workflow_id", "limit", "cursor"))
-    environment, limit, status = _environment(params), _limit(params), _status(params)
+    environment, limit = _environment(params), _limit(params)
+    status = _status(params, queries.RUN_STATUS_FILTERS)
     async with request.app[READERS].connection() as conn:
         with _cursor_checked():
             answer = await queries.account_runs(

@@ -4,35 +4,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sqlite3
 import sys
-from collections.abc import Coroutine, Sequence
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import structlog
-from aiohttp import web
-
-from projector import integrity, log, projection, queries, replay, schemas
-from projector.app import build_app
+from projector import database, integrity, log, projection, queries, replay, schemas, server
+from projector.cliargs import EPILOGS, log_position, package_version, whole_number
 from projector.config import ConfigError, Settings, load_settings, normalise_environment
 from projector.flags import flag_argument
 from projector.logs import configure_logging
 from projector.readers import ReaderPool
-from projector.sender import send_bodies
+from projector.sender import send_bodies, terminal_progress
 
-logger = structlog.get_logger("projector.cli")
 EXIT_CONFIG = 2
 
 
-def _settings(args: argparse.Namespace, *, secrets: bool) -> Settings:
+def _settings(args: argparse.Namespace, *, secrets: bool, read_tokens: bool = True) -> Settings:
     overrides = {
         k: v
         for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)))
         if v is not None
     }
-    return load_settings(require_secrets=secrets, **overrides)
+    return load_settings(
+        require_secrets=secrets, require_read_tokens=secrets and read_tokens, **overrides
+    )
 
 
 def _environment(value: str) -> str:
@@ -54,77 +51,12 @@ def _read_bodies(path: Path) -> list[bytes]:
 # --- serve ------------------------------------------------------------------------------
 
 
-async def _serve(settings: Settings, seed: list[bytes] | None) -> None:
-    runner = web.AppRunner(build_app(settings), access_log=None, shutdown_timeout=10)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()  # closes the storage threads, or the process could not exit
-        raise ConfigError(
-            f"cannot listen on {settings.host}:{settings.port} ({exc.strerror}); choose another "
-            "address with --host/--port or PROJECTOR_HOST/PROJECTOR_PORT"
-        ) from None
-    url = f"http://{settings.host}:{settings.port}"
-    logger.info("listening", url=url, db=str(settings.db))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    if seed is not None:
-        await _seed(settings, url, seed)
-    _print_welcome(settings, url)
-    await stop.wait()
-    logger.info("shutting_down", reason="signal")
-    # Stops accepting, lets in-flight deliveries finish and commit, then closes the log.
-    await runner.cleanup()
-    logger.info("stopped")
-
-
-def _print_welcome(settings: Settings, url: str) -> None:
-    """Where it listens and a curl to paste; the token only on a terminal, never in logs."""
-    interactive = sys.stdout.isatty()
-    token = settings.read_tokens[0].decode() if interactive else "<a PROJECTOR_READ_TOKENS token>"
-    print(
-        f"\nrefold-projector is listening on {url}\n"
-        f"  webhook URL: {url}/webhooks/refold\n"
-        f"  try:  curl -s -H 'Authorization: Bearer {token}' "
-        f"'{url}/v1/accounts/12345/connections?environment=live'\n",
-        flush=True,
-    )
-
-
-async def _seed(settings: Settings, url: str, bodies: list[bytes]) -> None:
-    async with ReaderPool(settings.db, size=1) as pool, pool.connection() as conn:
-        state = await queries.projection_states(conn)
-    if state.log_head:
-        logger.info("seed_skipped", reason="the log is not empty", log_head=state.log_head)
-        return
-    # One at a time, in file order: every fresh `make run` gives each line the same seq, so
-    # the answers shown in the README (seqs, duplicates, cursors) are the ones a reader gets.
-    report = await send_bodies(
-        f"{url}/webhooks/refold", bodies, settings.signing_keys, "test", concurrency=1
-    )
-    logger.info(
-        "seeded",
-        sent=report.sent,
-        accepted=report.accepted,
-        duplicates=report.duplicates,
-        failed=len(report.failed),
-    )
-
-
-def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run the server's event loop; the benchmark's baselines run on the same one."""
-    asyncio.run(main)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=True)
     configure_logging(settings.log_format, settings.log_level)
     seed = None if args.seed is None else _read_bodies(args.seed)
-    run_event_loop(_serve(settings, seed))
+    database.check_database(settings.db, readonly=False, create=True)
+    server.run_event_loop(server.serve(settings, seed))
     return 0
 
 
@@ -134,9 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
     configure_logging(settings.log_format, settings.log_level)
-    if not settings.db.exists():
-        raise ConfigError(f"PROJECTOR_DB: no database at {settings.db}; start the service first")
-    conn = log.connect(settings.db)
+    conn = database.open_database(settings.db, readonly=False)
     try:
         log.migrate(conn)
         head = replay.rebuild(conn)
@@ -156,9 +86,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
-    if not settings.db.exists():
-        raise ConfigError(f"PROJECTOR_DB: no database at {settings.db}")
-    conn = log.connect(settings.db, readonly=True)
+    conn = database.open_database(settings.db, readonly=True)
     try:
         log.check_version(conn)
         quick_check = [row[0] for row in conn.execute("PRAGMA quick_check")]
@@ -183,19 +111,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
-    destination = Path(args.destination)
-    if not settings.db.exists():
-        raise ConfigError(f"PROJECTOR_DB: no database at {settings.db}")
-    if destination.exists():
-        raise ConfigError(f"{destination} exists already; choose a new file for the backup")
-    source = log.connect(settings.db, readonly=True)
-    target = sqlite3.connect(destination)
+    source = database.open_database(settings.db, readonly=True)
     try:
-        # SQLite's online backup: a consistent snapshot, safe while the server writes.
-        source.backup(target)
-        head = log.head(target)
+        destination = database.check_backup_destination(Path(args.destination))
+        head = database.backup(source, destination)
     finally:
-        target.close()
         source.close()
     print(f"backed up {head} deliveries and the read models to {destination}")
     return 0
@@ -205,18 +125,39 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    settings = _settings(args, secrets=True)
+    settings = _settings(args, secrets=True, read_tokens=False)
     configure_logging(settings.log_format, settings.log_level)
     bodies = _read_bodies(Path(args.file))
-    report = asyncio.run(
-        send_bodies(args.url, bodies, settings.signing_keys, args.environment, args.concurrency)
-    )
-    for problem in report.failed:
-        print(problem, file=sys.stderr)
-    print(
+    progress = terminal_progress(sys.stderr)
+    try:
+        report = asyncio.run(
+            send_bodies(
+                args.url,
+                bodies,
+                settings.signing_keys,
+                args.environment,
+                args.concurrency,
+                progress=progress,
+            )
+        )
+    finally:
+        if progress is not None:
+            progress.end()
+    summary = (
         f"sent {report.sent}, accepted {report.accepted}, duplicates {report.duplicates}, "
         f"failed {len(report.failed)}"
     )
+    if report.unreachable is not None:  # one line, not one per line of the file
+        print(
+            f"projector: {report.unreachable}; check --url, and that the service runs there",
+            file=sys.stderr,
+        )
+        if report.accepted:
+            print(summary)
+        return 1
+    for problem in report.failed:
+        print(problem, file=sys.stderr)
+    print(summary)
     return 1 if report.failed else 0
 
 
@@ -251,8 +192,7 @@ async def _print_events(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_events(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
     configure_logging(settings.log_format, settings.log_level)
-    if not settings.db.exists():
-        raise ConfigError(f"PROJECTOR_DB: no database at {settings.db}")
+    database.check_database(settings.db, readonly=True)
     asyncio.run(_print_events(settings, args))
     return 0
 
@@ -263,12 +203,19 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_schemas(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.check:
+        if not out.is_dir():  # run elsewhere: nothing to compare, rather than all out of date
+            raise ConfigError(
+                f"no schemas folder at {out.resolve()} to check; run this in the project "
+                "folder (the one holding schemas/), or name the folder with --out"
+            )
         stale = schemas.stale_schemas(out)
         for name in stale:
             print(f"out of date: {out / name}", file=sys.stderr)
         if stale:
             print("run `projector schemas` to regenerate them", file=sys.stderr)
-        return 1 if stale else 0
+            return 1
+        print(f"all {len(schemas.render_schemas())} schema files in {out} are current")
+        return 0
     for path in schemas.write_schemas(out):
         print(path)
     return 0
@@ -280,21 +227,33 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 def _command(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
 ) -> argparse.ArgumentParser:
-    # `help` shows in `projector --help`; `description` in `projector NAME --help`.
-    return commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:])
+    # `help` shows in `projector --help`; `description` and `epilog` in `projector NAME --help`.
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(summary[0].upper() + summary[1:], width=80),
+        epilog=EPILOGS[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="projector",
         description="refold-projector: Refold webhooks in, durable event log, read models out. "
-        "Configured by PROJECTOR_* environment variables (see README).",
+        "Configured by PROJECTOR_* environment variables (see README); each command's --help "
+        "names those it reads, and every command checks any that are set.",
     )
+    parser.add_argument("--version", action="version", version=f"projector {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = _command(commands, "serve", "run the receiver, projectors and query API")
     serve.add_argument("--host", help="address to listen on (PROJECTOR_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (PROJECTOR_PORT, default 8080)")
+    serve.add_argument(
+        "--port",
+        type=whole_number("port", 1, 65535),
+        help="port to listen on (PROJECTOR_PORT, default 8080)",
+    )
     serve.add_argument(
         "--seed",
         type=Path,
@@ -342,7 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="test",
         help="for lines that name no environment (default test)",
     )
-    send.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    send.add_argument(
+        "--concurrency",
+        type=whole_number("concurrency", 1),
+        default=8,
+        help="requests in flight (default 8)",
+    )
     send.set_defaults(run=cmd_send)
 
     events = _command(commands, "events", "print the audit trail as JSON lines")
@@ -351,8 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     events.add_argument("--linked-account-id")
     events.add_argument("--event", help="e.g. 'Connection Expired'")
-    events.add_argument("--after", type=int, default=0, help="only seq greater than this")
-    events.add_argument("--limit", type=int, help="at most this many events")
+    events.add_argument("--after", type=log_position, default=0, help="only seq greater than this")
+    events.add_argument(
+        "--limit", type=whole_number("limit", 1), help="at most this many events (default all)"
+    )
     flagged = "flagged deliveries only (--no-flagged: clean ones only)"
     events.add_argument("--flagged", action=argparse.BooleanOptionalAction, help=flagged)
     flag = "only deliveries carrying flag NAME, e.g. missing_field:slug"

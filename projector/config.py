@@ -46,6 +46,7 @@ def parse_signing_keys(raw: str) -> tuple[SigningKey, ...]:
     """Parse `test:tk_a,live:pk_new,live:pk_old` into keys, or raise ConfigError."""
     hint = "set it to comma-separated environment:api_key pairs, e.g. 'test:tk_abc,live:pk_xyz'"
     keys: list[SigningKey] = []
+    seen: dict[str, tuple[int, str]] = {}  # key -> (entry, environment) that first listed it
     for position, pair in enumerate(raw.split(","), start=1):
         pair = pair.strip()
         if not pair:
@@ -65,6 +66,16 @@ def parse_signing_keys(raw: str) -> tuple[SigningKey, ...]:
         secret = secret.strip()
         if not secret:
             raise ConfigError(f"PROJECTOR_SIGNING_KEYS: entry {position} has an empty key; {hint}")
+        # The key that matched decides a delivery's environment: a key listed for both
+        # environments could not decide it, so it is refused rather than tried in order.
+        first_position, first_environment = seen.setdefault(secret, (position, environment))
+        if first_environment != environment:
+            raise ConfigError(
+                f"PROJECTOR_SIGNING_KEYS: entries {first_position} ({first_environment}) and "
+                f"{position} ({environment}) hold the same key; the key that matched decides "
+                "a delivery's environment, so each key may be listed for one environment "
+                "only: give each environment its own Refold API key"
+            )
         keys.append(SigningKey(environment, secret.encode(), fingerprint(environment, secret)))
     if not keys:
         raise ConfigError(f"PROJECTOR_SIGNING_KEYS is empty or unset; {hint}")
@@ -116,8 +127,13 @@ class Settings(BaseSettings):
         return tuple(v.encode() if isinstance(v, str) else v for v in value)
 
 
-def load_settings(*, require_secrets: bool = True, **overrides: Any) -> Settings:
-    """Read and validate the settings, raising ConfigError with a fix-it message."""
+def load_settings(
+    *, require_secrets: bool = True, require_read_tokens: bool | None = None, **overrides: Any
+) -> Settings:
+    """Read and validate the settings, raising ConfigError with a fix-it message.
+
+    `require_secrets` needs signing keys and read tokens; `require_read_tokens=False` only keys.
+    """
     try:
         settings = Settings(**overrides)
     except ConfigError:
@@ -133,6 +149,8 @@ def load_settings(*, require_secrets: bool = True, **overrides: Any) -> Settings
         raise ConfigError("; ".join(problems)) from None
     if require_secrets and not settings.signing_keys:
         parse_signing_keys("")
-    if require_secrets and not settings.read_tokens:
+    if require_read_tokens is None:
+        require_read_tokens = require_secrets
+    if require_read_tokens and not settings.read_tokens:
         parse_read_tokens("")
     return settings

@@ -10,6 +10,7 @@ from typing import Any
 import aiosqlite
 
 from projector import answers, log
+from projector.fold.workflows import STATUS_PRECEDENCE
 from projector.integrity import GENESIS_HASH
 from projector.json_body import load_json_object
 from projector.projection import STATUS_QUERY
@@ -172,6 +173,12 @@ async def workflow_run(
     )
 
 
+# What a run list's `status` filter takes: the four statuses Refold documents, and `other`
+# for the runs whose payloads named any status beyond them (kept as sent, lower-cased).
+OTHER_RUN_STATUS = "other"
+RUN_STATUS_FILTERS = (*(status.lower() for status in STATUS_PRECEDENCE), OTHER_RUN_STATUS)
+
+
 async def account_runs(
     conn: aiosqlite.Connection,
     environment: str,
@@ -183,7 +190,10 @@ async def account_runs(
 ) -> answers.WorkflowRunList:
     """An account's runs by instance_id, optionally of one status or workflow."""
     where, params = ["environment = ?", "linked_account_id = ?"], [environment, account]
-    if status is not None:
+    if status == OTHER_RUN_STATUS:
+        where.append(f"status NOT IN ({', '.join('?' * len(STATUS_PRECEDENCE))})")
+        params.extend(STATUS_PRECEDENCE)
+    elif status is not None:
         where.append("status = ?")
         params.append(status.upper())
     if workflow_id is not None:

@@ -500,6 +500,55 @@ async def test_upper_case_status_is_400_invalid_status(client: TestClient) -> No
         await assert_error(answer, 400, "invalid_status")
 
 
+RUN_STATUS_CHOICES = "completed, errored, timed_out, stopped, other"
+
+
+async def test_an_unknown_run_status_is_400_naming_the_statuses_the_filter_takes(
+    client: TestClient,
+) -> None:
+    for status in ("erored", "paused", "running", "COMPLETED"):
+        answer = await client.get(f"/v1/accounts/12345/workflow-runs?status={status}", headers=AUTH)
+        await assert_error(answer, 400, "invalid_status")
+        message = (await answer.json())["error"]["message"]
+        assert message == f"status {status!r} is not one of {RUN_STATUS_CHOICES}"
+
+
+async def test_run_status_other_lists_the_runs_whose_status_is_none_of_the_four(
+    client: TestClient,
+) -> None:
+    account = "acct-other-status"
+    runs = {"run-paused": "PAUSED", "run-errored": "ERRORED", "run-odd": "Waiting_Input"}
+    for instance, status in runs.items():
+        body = json.dumps(
+            {
+                "linked_account_id": account,
+                "instance_id": instance,
+                "event": "Workflow Stopped",
+                "status": status,
+                "environment": "live",
+            }
+        ).encode()
+        answer = await client.post("/webhooks/refold", data=body, headers=signed(body))
+        assert answer.status == 200
+    listed = await get_json(client, f"/v1/accounts/{account}/workflow-runs")
+    assert {r["instance_id"]: r["status"] for r in listed["runs"]} == {
+        "run-errored": "errored",
+        "run-odd": "waiting_input",
+        "run-paused": "paused",
+    }
+    other = await get_json(client, f"/v1/accounts/{account}/workflow-runs?status=other")
+    assert [r["instance_id"] for r in other["runs"]] == ["run-odd", "run-paused"]
+    errored = await get_json(client, f"/v1/accounts/{account}/workflow-runs?status=errored")
+    assert [r["instance_id"] for r in errored["runs"]] == ["run-errored"]
+    paged = await get_json(client, f"/v1/accounts/{account}/workflow-runs?status=other&limit=1")
+    assert [r["instance_id"] for r in paged["runs"]] == ["run-odd"]
+    rest = await get_json(
+        client,
+        f"/v1/accounts/{account}/workflow-runs?status=other&cursor={paged['next_cursor']}",
+    )
+    assert [r["instance_id"] for r in rest["runs"]] == ["run-paused"]
+
+
 async def test_repeated_query_parameter_is_400(client: TestClient) -> None:
     answer = await client.get("/v1/connections?status=expired&status=deleted", headers=AUTH)
     await assert_error(answer, 400, "repeated_parameter")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import subprocess
+import sys
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -91,6 +94,125 @@ def test_no_command_is_a_usage_error(db_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+# What each command's --help must name: the PROJECTOR_* variables it reads, its exit codes.
+LOGS = {"PROJECTOR_LOG_FORMAT", "PROJECTOR_LOG_LEVEL"}
+READS = {
+    "serve": {
+        "PROJECTOR_SIGNING_KEYS",
+        "PROJECTOR_READ_TOKENS",
+        "PROJECTOR_DB",
+        "PROJECTOR_HOST",
+        "PROJECTOR_PORT",
+        "PROJECTOR_MAX_BODY_BYTES",
+        "PROJECTOR_MAX_PENDING",
+        *LOGS,
+    },
+    "rebuild": {"PROJECTOR_DB", *LOGS},
+    "verify": {"PROJECTOR_DB"},
+    "backup": {"PROJECTOR_DB"},
+    "send": {"PROJECTOR_SIGNING_KEYS", *LOGS},
+    "events": {"PROJECTOR_DB", *LOGS},
+    "schemas": set(),
+}
+EXIT_CODES = {
+    "serve": ["0", "2"],
+    "rebuild": ["0", "1", "2"],
+    "verify": ["0", "1", "2"],
+    "backup": ["0", "2"],
+    "send": ["0", "1", "2"],
+    "events": ["0", "2"],
+    "schemas": ["0", "1", "2"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(READS))
+def test_each_command_help_names_the_variables_it_reads_its_exit_codes_and_an_example(
+    db_path: Path, command: str
+) -> None:
+    result = run_cli(command, "--help", env=env_for(db_path))
+    assert result.returncode == 0
+    help_text = result.stdout
+    reads = help_text[help_text.index("\nreads:\n") : help_text.index("\nexit codes:\n")]
+    assert set(re.findall(r"PROJECTOR_[A-Z_]+", reads)) == READS[command]
+    exits = help_text[help_text.index("\nexit codes:\n") : help_text.index("\nexample:\n")]
+    assert re.findall(r"^  (\d)  ", exits, re.MULTILINE) == EXIT_CODES[command]
+    example = help_text[help_text.index("\nexample:\n") :].strip().splitlines()[1:]
+    assert len(example) == 1
+    assert re.match(rf"  (PROJECTOR_\S+ )*projector {command}\b", example[0])
+
+
+def test_version_prints_the_installed_package_version(db_path: Path) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    result = run_cli("--version", env=env_for(db_path))
+    assert result.returncode == 0
+    assert result.stdout == f"projector {project['version']}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "wanted"),
+    [
+        (("serve", "--port", "70000"), "argument --port: port must be a whole number from 1 to"),
+        (("serve", "--port", "0"), "argument --port: port must be a whole number from 1 to"),
+        (("serve", "--port", "http"), "argument --port: port must be a whole number from 1 to"),
+        (("events", "--limit", "0"), "argument --limit: limit must be a whole number, 1 or more"),
+        (("events", "--limit", "-3"), "argument --limit: limit must be a whole number, 1 or"),
+        (("events", "--limit", "²"), "argument --limit: limit must be a whole number, 1 or more"),
+        (("send", "f", "--url", "u", "--concurrency", "0"), "argument --concurrency: concurrency"),
+    ],
+)
+def test_a_bad_option_value_exits_2_naming_the_option_typed(
+    db_path: Path, args: tuple[str, ...], wanted: str
+) -> None:
+    result = run_cli(*args, env=env_for(db_path))
+    assert result.returncode == 2
+    assert wanted in result.stderr
+    assert "PROJECTOR_" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not db_path.exists()
+
+
+@pytest.mark.parametrize("after", ["-5", "x", "1.5", "99999999999999999999"])
+async def test_events_after_is_refused_in_the_words_of_the_api(
+    client: TestClient, db_path: Path, after: str
+) -> None:
+    answer = await client.get("/v1/events", params={"after": after}, headers=AUTH)
+    assert answer.status == 400
+    api_words = (await answer.json())["error"]["message"]
+    result = await asyncio.to_thread(run_cli, "events", "--after", after, env=env_for(db_path))
+    assert result.returncode == 2
+    assert f"argument --after: {api_words}\n" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_events_limit_zero_is_refused_like_the_api_refuses_it(
+    client: TestClient, db_path: Path
+) -> None:
+    answer = await client.get("/v1/events?limit=0", headers=AUTH)
+    assert answer.status == 400
+    api_words = (await answer.json())["error"]["message"]
+    assert api_words.startswith("limit must be a whole number")
+    result = await asyncio.to_thread(run_cli, "events", "--limit", "0", env=env_for(db_path))
+    assert result.returncode == 2
+    # The same rule from below; the CLI has no ceiling, as it pages through the API's 1000.
+    assert "argument --limit: limit must be a whole number, 1 or more\n" in result.stderr
+
+
+async def test_send_needs_only_the_signing_keys_it_signs_with(
+    client: TestClient, tmp_path: Path
+) -> None:
+    bodies = sample_bodies()[:5]
+    deliveries = tmp_path / "deliveries.jsonl"
+    deliveries.write_bytes(b"\n".join(bodies) + b"\n")
+    env = env_for(tmp_path / "unused.sqlite3", PROJECTOR_READ_TOKENS=None)
+    url = str(client.make_url("/webhooks/refold"))
+    result = await asyncio.to_thread(run_cli, "send", str(deliveries), "--url", url, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "sent 5, accepted 5, duplicates 0, failed 0\n"
+    events = await (await client.get("/v1/events?environment=test", headers=AUTH)).json()
+    live = await (await client.get("/v1/events?environment=live", headers=AUTH)).json()
+    assert len(events["events"]) + len(live["events"]) == 5
+
+
 # --- configuration errors ---------------------------------------------------------------
 
 
@@ -123,6 +245,20 @@ def test_signing_key_config_error_does_not_echo_the_key(db_path: Path, keys: str
     assert result.returncode == 2
     assert "pk_secret" not in result.stderr + result.stdout
     assert TEST_KEY not in result.stderr + result.stdout
+
+
+def test_serve_with_one_key_for_two_environments_exits_2_without_printing_the_key(
+    db_path: Path,
+) -> None:
+    keys = "test:pk_shared_secret_9,live:pk_shared_secret_9"
+    result = run_cli("serve", env=env_for(db_path, PROJECTOR_SIGNING_KEYS=keys), timeout=30)
+    assert result.returncode == 2
+    assert "PROJECTOR_SIGNING_KEYS: entries 1 (test) and 2 (live) hold the same key" in (
+        result.stderr
+    )
+    assert_plain_error(result.stderr)
+    assert "pk_shared_secret_9" not in result.stderr + result.stdout
+    assert not db_path.exists()
 
 
 def test_serve_on_a_port_already_in_use_exits_with_an_error_instead_of_hanging(
@@ -367,6 +503,37 @@ def test_schemas_check_passes_on_the_repository_schemas(db_path: Path) -> None:
     assert any((REPO / "schemas").glob("*/*.json")), "schemas/ is missing: run `make schemas`"
     result = run_cli("schemas", "--check", env=env_for(db_path))
     assert result.returncode == 0, result.stderr
+
+
+def test_schemas_check_outside_the_project_says_there_is_no_schemas_folder(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "projector.cli", "schemas", "--check"],
+        env=env_for(tmp_path / "db.sqlite3"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert_plain_error(result.stderr)
+    assert f"no schemas folder at {tmp_path / 'schemas'} to check" in result.stderr
+    assert "out of date" not in result.stderr
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_schemas_check_prints_one_line_when_every_file_is_current(tmp_path: Path) -> None:
+    out = tmp_path / "schemas"
+    env = env_for(tmp_path / "db.sqlite3")
+    assert run_cli("schemas", "--out", str(out), env=env).returncode == 0
+    result = run_cli("schemas", "--check", "--out", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    count = len(list(out.glob("*/*.json")))
+    assert result.stdout == f"all {count} schema files in {out} are current\n"
+    assert result.stderr == ""
 
 
 def test_schemas_check_passes_on_freshly_generated_schemas(tmp_path: Path) -> None:

@@ -111,6 +111,34 @@ def test_signing_key_errors_never_echo_the_secret() -> None:
         assert SECRET not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        f"test:{SECRET},live:{SECRET}",
+        f"live:pk_other,production:{SECRET}, test : {SECRET} ",
+        f"TEST:{SECRET},live:pk_other,Live:{SECRET}",
+    ],
+)
+def test_one_key_listed_for_two_environments_is_refused_without_echoing_it(raw: str) -> None:
+    with pytest.raises(ConfigError, match="PROJECTOR_SIGNING_KEYS: entries") as raised:
+        parse_signing_keys(raw)
+    message = str(raised.value)
+    assert "same key" in message
+    assert "one environment only" in message
+    assert SECRET not in message
+
+
+def test_same_key_two_environments_error_names_both_entries_by_position() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_signing_keys(f"live:pk_a,,test:{SECRET},live:{SECRET}")
+    assert "entries 3 (test) and 4 (live)" in str(raised.value)
+
+
+def test_one_key_listed_twice_for_the_same_environment_is_accepted() -> None:
+    keys = parse_signing_keys(f"live:{SECRET},production:{SECRET}")
+    assert [(k.environment, k.secret) for k in keys] == [("live", SECRET.encode())] * 2
+
+
 # --- parse_read_tokens --------------------------------------------------------------------
 
 
@@ -153,6 +181,14 @@ def test_secrets_are_required_by_default() -> None:
 def test_read_tokens_are_required_once_signing_keys_are_set() -> None:
     with pytest.raises(ConfigError, match="PROJECTOR_READ_TOKENS"):
         load_settings(signing_keys="live:pk_a")
+
+
+def test_signing_keys_alone_suffice_when_read_tokens_are_not_required() -> None:
+    settings = load_settings(signing_keys="live:pk_a", require_read_tokens=False)
+    assert [k.secret for k in settings.signing_keys] == [b"pk_a"]
+    assert settings.read_tokens == ()
+    with pytest.raises(ConfigError, match="PROJECTOR_SIGNING_KEYS"):
+        load_settings(require_read_tokens=False)
 
 
 def test_overrides_are_parsed_like_environment_variables(tmp_path: Path) -> None:

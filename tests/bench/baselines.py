@@ -20,9 +20,9 @@ from pathlib import Path
 import aiosqlite
 from aiohttp import web
 
-from projector.cli import run_event_loop
 from projector.config import SigningKey, load_settings
 from projector.events import parse_delivery
+from projector.server import run_event_loop
 from projector.signature import SIGNATURE_HEADER, SignatureMatch, verify_signature
 from tests.support import READ_TOKEN, SIGNING_KEYS
 
