@@ -11,6 +11,16 @@ from projector.answers import Answer, ErrorAnswer, ErrorDetail
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def header_text(value: str) -> str:
+    """A header value as UTF-8 text, a byte that is not UTF-8 written as `\\xff`."""
+    # aiohttp hands such a byte over as a lone surrogate, which no JSON answer can carry.
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate aiohttp never makes: keep it, as its UTF-8 bytes
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def json_answer(answer: Answer, status: int = 200) -> web.Response:
     """An answer model as a JSON response."""
     return web.Response(

@@ -175,16 +175,6 @@ class LoggedDelivery:
     body: bytes
 
 
-def header_text(value: str) -> str:
-    """A header value as UTF-8 text, a byte that is not UTF-8 written as `\\xff`."""
-    # aiohttp hands such a byte over as a lone surrogate, which no JSON answer can carry.
-    try:
-        raw = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate aiohttp never makes: keep it, as its UTF-8 bytes
-        raw = value.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "backslashreplace")
-
-
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the database with the durability settings the invariants need."""
     if readonly:

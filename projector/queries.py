@@ -11,6 +11,7 @@ import aiosqlite
 
 from projector import answers, log
 from projector.fold.workflows import STATUS_PRECEDENCE
+from projector.http import header_text
 from projector.integrity import GENESIS_HASH
 from projector.json_body import load_json_object
 from projector.projection import STATUS_QUERY
@@ -300,7 +301,7 @@ async def audit_event(
         key_id=row[8],
         signed_as=row[9],
         # Rows logged before header_text existed may hold lone surrogates: escape on the way out.
-        headers={k: log.header_text(v) for k, v in json.loads(row[10]).items()},
+        headers={k: header_text(v) for k, v in json.loads(row[10]).items()},
         body_base64=base64.b64encode(row[7]).decode(),
     )
 

@@ -12,7 +12,7 @@ from projector import log
 from projector.answers import DeliveryAccepted
 from projector.config import SigningKey
 from projector.events import format_instant, parse_delivery
-from projector.http import ApiError, Handler, json_answer
+from projector.http import ApiError, Handler, header_text, json_answer
 from projector.signature import SIGNATURE_HEADER, header_problem, verify_signature
 from projector.writer import Overloaded, StorageUnavailable, WriteLane
 
@@ -82,7 +82,7 @@ async def read_bounded_body(request: web.Request, limit: int) -> bytes:
 
 def _kept_headers(request: web.Request) -> dict[str, str]:
     headers = request.headers
-    return {name: log.header_text(headers[name]) for name in KEPT_HEADERS if name in headers}
+    return {name: header_text(headers[name]) for name in KEPT_HEADERS if name in headers}
 
 
 def _overloaded(**context: object) -> ApiError:
