@@ -345,16 +345,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except log.LogSchemaError as exc:
         print(f"projector: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (
-        sqlite3.DatabaseError
-    ) as exc:  # only start-up errors reach here; the service handles its own
+    # Only start-up errors reach here; the service handles its own.
+    except sqlite3.DatabaseError as exc:
         print(
             f"projector: cannot use the database ({exc}); check that PROJECTOR_DB names a "
             "refold-projector SQLite file (or a new one) in a folder you can write to",
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    except replay.RebuildSuperseded as exc:
+    except (replay.RebuildSuperseded, integrity.LogNotIntact) as exc:
         print(f"projector: {exc}", file=sys.stderr)
         return 1
 

@@ -140,3 +140,35 @@ def head_hash(conn: sqlite3.Connection) -> tuple[int, str]:
     """The last seq and its stored hash; (0, genesis) for an empty log."""
     row = conn.execute("SELECT seq, row_hash FROM deliveries ORDER BY seq DESC LIMIT 1").fetchone()
     return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
+
+
+class LogNotIntact(Exception):
+    """Rows of seq 1..head are missing: nothing past the gap is folded until it is resolved."""
+
+
+def missing_row(expected: int, found: int | None) -> LogNotIntact:
+    """The error for a log without seq `expected` (its next row being `found`, if known)."""
+    after = "" if found is None else f" (the next row has seq {found})"
+    return LogNotIntact(
+        f"the event log has no row with seq {expected}{after}; an intact log numbers its rows "
+        "1, 2, 3... without gaps, so rows were removed or put in by other means. Nothing past "
+        "the gap is folded: run `projector verify`, and restore the log from a backup"
+    )
+
+
+def check_without_gaps(conn: sqlite3.Connection, head: int) -> None:
+    """Raise LogNotIntact unless seq 1..`head` are all there (a count; a search only if not)."""
+    (count,) = conn.execute(
+        "SELECT count(*) FROM deliveries WHERE seq BETWEEN 1 AND ?", (head,)
+    ).fetchone()
+    if count == head:
+        return
+    # The first missing seq: 1, or one past the first row whose successor is missing.
+    (first,) = conn.execute(
+        "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = 1) THEN 1 ELSE"
+        " (SELECT min(seq) + 1 FROM deliveries AS d WHERE seq BETWEEN 1 AND ?"
+        " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = d.seq + 1)) END",
+        (head,),
+    ).fetchone()
+    (found,) = conn.execute("SELECT min(seq) FROM deliveries WHERE seq > ?", (first,)).fetchone()
+    raise missing_row(first, found)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from projector import integrity
 from projector.events import ConnectionChange, ParsedDelivery, WorkflowOutcome
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, hashed_rows, head_hash, row_hash
 
@@ -368,12 +369,19 @@ def _logged(row: tuple[Any, ...]) -> LoggedDelivery:
 
 
 def read_after(conn: sqlite3.Connection, after: int, limit: int) -> list[LoggedDelivery]:
-    """Up to `limit` deliveries with seq > `after` (and seq >= 1), in log order."""
-    # Never a row below seq 1: `projector verify` walks 1..head, so only those are proven.
+    """Up to `limit` deliveries with seq > `after` (and seq >= 1), in log order, gap-free.
+
+    Raises LogNotIntact at a missing seq: `projector verify` proves rows 1..head only up to
+    a gap, so the projectors never fold a row past one.
+    """
+    start = max(after, 0)
     rows = conn.execute(
-        f"SELECT {_LOGGED_COLUMNS} FROM deliveries WHERE seq > max(?, 0) ORDER BY seq LIMIT ?",
-        (after, limit),
+        f"SELECT {_LOGGED_COLUMNS} FROM deliveries WHERE seq > ? ORDER BY seq LIMIT ?",
+        (start, limit),
     ).fetchall()
+    if rows and rows[-1][0] != start + len(rows):  # seqs ascend, so only a gap breaks this
+        expected = next(seq for seq, (row_seq, *_) in enumerate(rows, start + 1) if row_seq != seq)
+        raise integrity.missing_row(expected, rows[expected - start - 1][0])
     return [_logged(row) for row in rows]
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from projector import database, log, queries
+from projector import database, integrity, log, queries
 from projector.app import build_app
 from projector.config import ConfigError, Settings
 from projector.readers import ReaderPool
@@ -26,7 +26,7 @@ async def serve(settings: Settings, seed: list[bytes] | None) -> None:
     runner = web.AppRunner(build_app(settings), access_log=None, shutdown_timeout=10)
     try:
         await runner.setup()  # opens and migrates the log
-    except (sqlite3.Error, OSError, log.LogSchemaError) as exc:
+    except (sqlite3.Error, OSError, log.LogSchemaError, integrity.LogNotIntact) as exc:
         raise database.unusable(settings.db, f"cannot open the log ({exc})") from None
     site = web.TCPSite(runner, settings.host, settings.port)
     try:

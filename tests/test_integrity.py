@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -300,3 +301,27 @@ def test_rows_appended_while_verify_walks_are_neither_walked_nor_counted(db_path
     assert report.intact, report.problem
     assert (report.rows, report.head_seq) == (40, 40)
     assert verify_chain(conn).head_seq == 45
+
+
+@pytest.mark.parametrize(
+    ("removed", "first_missing", "next_row"),
+    [((1,), 1, 2), ((7, 8), 7, 9), ((20,), 20, 25)],
+    ids=["first", "middle", "last_before_a_slipped_row"],
+)
+def test_check_without_gaps_names_the_first_missing_seq_and_the_row_after_it(
+    db_path: Path, removed: tuple[int, ...], first_missing: int, next_row: int
+) -> None:
+    conn = open_log(db_path)
+    log.append_batch(conn, sample_deliveries()[:20])
+    slip_in(conn, 25, delivery_of(SLIPPED_BODY))  # drops the guards, so rows can be deleted
+    conn.executemany("DELETE FROM deliveries WHERE seq = ?", [(seq,) for seq in removed])
+    expected = f"no row with seq {first_missing} (the next row has seq {next_row})"
+    with pytest.raises(integrity.LogNotIntact, match=re.escape(expected)):
+        integrity.check_without_gaps(conn, log.head(conn))
+
+
+def test_check_without_gaps_passes_an_intact_log_and_an_empty_one(db_path: Path) -> None:
+    conn = open_log(db_path)
+    integrity.check_without_gaps(conn, 0)
+    log.append_batch(conn, sample_deliveries()[:20])
+    integrity.check_without_gaps(conn, 20)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from projector import log
+from projector import integrity, log
 from tests.storage_support import (
     SLIPPED_BODY,
     before_first_begin,
@@ -321,3 +321,15 @@ def test_a_row_slipped_in_below_seq_1_does_not_make_a_new_delivery_a_repeat(
     conn = slipped_log(db_path, (0,))
     [appended] = log.append_batch(conn, [delivery_of(SLIPPED_BODY)])
     assert appended == log.Appended(21, None)
+
+
+def test_read_after_stops_at_a_gap_naming_the_missing_seq(db_path: Path) -> None:
+    """No reader of the log for folding ever gets a row past a gap verify cannot prove."""
+    conn = open_log(db_path)
+    log.append_batch(conn, sample_deliveries()[:20])
+    slip_in(conn, 25, delivery_of(SLIPPED_BODY))
+    assert [d.seq for d in log.read_after(conn, 0, 20)] == list(range(1, 21))
+    with pytest.raises(
+        integrity.LogNotIntact, match=r"no row with seq 21 \(the next row has seq 25\)"
+    ):
+        log.read_after(conn, 18, 5)

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from projector import log, projection, replay
+from projector import integrity, log, projection, replay
 from projector.config import Settings
 from projector.events import ConnectionChange
 from projector.fold import ConnectionHealth, fold_connection
@@ -343,3 +343,16 @@ def test_known_changes_that_miss_part_of_a_batch_fall_back_to_the_log(db_path: P
     log.append_batch(other, deliveries)
     catch_up(other)
     assert read_models(conn) == read_models(other)
+
+
+def test_catch_up_stops_before_a_batch_that_holds_a_gap_and_never_folds_past_it(
+    db_path: Path,
+) -> None:
+    """The projector stops at a missing seq (the error names it) and folds nothing beyond."""
+    conn = open_projected(db_path)
+    log.append_batch(conn, sample_deliveries()[:20])
+    slip_in(conn, 25, delivery_of(SLIPPED_BODY))
+    with pytest.raises(integrity.LogNotIntact, match="no row with seq 21"):
+        catch_up(conn, 7)
+    assert positions(conn) == dict.fromkeys(NAMES, 14)  # two whole batches of 7 before the gap
+    assert "acct_slipped" not in {row[1] for row in read_models(conn)["connections"]}

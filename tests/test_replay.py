@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from projector import log, projection, replay
+from projector import integrity, log, projection, replay
 from projector.readmodels import CONNECTION_HEALTH, WORKFLOW_RUNS
 from tests.storage_support import (
     BROKEN_BODY,
@@ -30,6 +31,7 @@ from tests.storage_support import (
     slip_in,
     without_seq_check,
 )
+from tests.support import run_cli, service_env
 
 
 def test_a_rebuild_with_a_failing_fold_records_its_errors_too(
@@ -200,3 +202,31 @@ def test_a_rebuild_never_folds_a_row_slipped_in_below_seq_1(
     tables = read_models(conn)
     assert SLIPPED_ACCOUNT not in {row[1] for row in tables["connections"]}
     assert tables == rebuilt(tmp_path / "fresh.sqlite3", deliveries)
+
+
+def test_a_rebuild_refuses_a_log_with_a_gap_and_keeps_the_tables_it_had(db_path: Path) -> None:
+    """Past a gap verify proves nothing, so a row slipped in beyond the head is never folded."""
+    conn = open_projected(db_path)
+    log.append_batch(conn, sample_deliveries()[:20])
+    catch_up(conn)
+    before = read_models(conn)
+    slip_in(conn, 25, delivery_of(SLIPPED_BODY))
+    with pytest.raises(
+        integrity.LogNotIntact, match=re.escape("no row with seq 21 (the next row has seq 25)")
+    ):
+        replay.rebuild(conn)
+    assert read_models(conn) == before
+    assert positions(conn) == dict.fromkeys(NAMES, 20)
+
+
+def test_projector_rebuild_on_a_log_with_a_gap_exits_1_naming_the_missing_seq(
+    db_path: Path,
+) -> None:
+    conn = open_projected(db_path)
+    log.append_batch(conn, sample_deliveries()[:20])
+    slip_in(conn, 25, delivery_of(SLIPPED_BODY))
+    conn.close()
+    done = run_cli("rebuild", env=service_env(db_path))
+    assert done.returncode == 1, done.stderr
+    assert "no row with seq 21 (the next row has seq 25)" in done.stderr
+    assert "Traceback" not in done.stderr
