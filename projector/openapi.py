@@ -105,7 +105,7 @@ def _responses(route: Route) -> JsonObject:
         headers: JsonObject | None = None
         if status == 401 and route.auth == "readToken":
             headers = {"WWW-Authenticate": _header('Bearer realm="refold-projector"')}
-        elif status == 503:
+        elif status == 503 and route.retry_after:
             headers = {"Retry-After": _header("Seconds to wait before retrying: 5.")}
         responses[str(status)] = _error(errors[status], headers)
     responses["default"] = _error("internal_error (500): an unexpected error; it is logged.")

@@ -50,7 +50,7 @@ class Route:
     own model; the read token's 401 comes with `auth="readToken"`, and the 400 for a bad or
     unknown query parameter with any query parameter. `auth` names a SECURITY_SCHEMES entry.
     `conditional`: a GET answered whole gets an ETag and honours If-None-Match (304); a
-    streamed one does not.
+    streamed one does not. `retry_after`: its 503 says when to retry.
     """
 
     method: Literal["GET", "POST"]
@@ -65,6 +65,7 @@ class Route:
     media_type: str = "application/json"
     description: str = ""
     conditional: bool = True
+    retry_after: bool = False
 
     @property
     def is_conditional(self) -> bool:
@@ -90,6 +91,7 @@ ROUTES: tuple[Route, ...] = (
         answers.DeliveryAccepted,
         errors=_RECEIVER_ERRORS,
         auth="refoldSignature",
+        retry_after=True,
         body=(ConnectionEventPayload, WorkflowEventPayload),
         description="Verifies the signature, appends the raw body to the log, and answers 200 "
         "once the commit is durable. A signed body that is not a valid payload is still "
