@@ -11,7 +11,7 @@ from functools import partial
 import structlog
 from aiohttp import web
 
-from projector import api, log, projection, replay
+from projector import api, apidocs, log, projection, replay
 from projector.answercache import AnswerCache
 from projector.config import Settings
 from projector.readers import AccountReads, ReaderPool
@@ -129,4 +129,5 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
         ),
     )
     api.add_query_routes(app)
+    apidocs.add_document_routes(app)
     return app

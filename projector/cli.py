@@ -325,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--flag", type=flag_argument, metavar="NAME", help=flag)
     events.set_defaults(run=cmd_events)
 
-    schema = _command(commands, "schemas", "write the JSON Schemas of payloads and answers")
+    schema = _command(
+        commands, "schemas", "write the JSON Schemas of payloads and answers, and openapi.json"
+    )
     schema.add_argument("--out", default="schemas", help="folder (default schemas/)")
     schema.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if the files are out of date"

@@ -1,4 +1,4 @@
-"""JSON Schemas of the event payloads and API answers, generated from the pydantic models."""
+"""JSON Schemas of the payloads and answers, and the OpenAPI document, from the pydantic models."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from projector.answers import ANSWERS
+from projector.apidocs import openapi_text
 from projector.events import ConnectionEventPayload, WorkflowEventPayload
 
 EVENT_PAYLOADS: tuple[type[BaseModel], ...] = (ConnectionEventPayload, WorkflowEventPayload)
+OPENAPI_FILE = "openapi.json"  # the same bytes GET /openapi.json serves
 
 
 def render_schemas() -> dict[str, str]:
@@ -21,14 +23,20 @@ def render_schemas() -> dict[str, str]:
             schema = model.model_json_schema(mode="serialization")
             text = json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
             files[f"{folder}/{model.__name__}.json"] = text
+    files[OPENAPI_FILE] = openapi_text()
     return files
+
+
+def _on_disk(out: Path) -> list[Path]:
+    """The schema files under `out`: the document at the top, schemas one folder down."""
+    return sorted([*out.glob(OPENAPI_FILE), *out.glob("*/*.json")])
 
 
 def write_schemas(out: Path) -> list[Path]:
     """Write every schema under `out`, removing stale ones; returns the files written."""
     written = []
     files = render_schemas()
-    for stale in sorted(out.glob("*/*.json")):
+    for stale in _on_disk(out):
         if stale.relative_to(out).as_posix() not in files:
             stale.unlink()
     for name, text in files.items():
@@ -49,7 +57,7 @@ def stale_schemas(out: Path) -> list[str]:
     ]
     extra = [
         p.relative_to(out).as_posix()
-        for p in out.glob("*/*.json")
+        for p in _on_disk(out)
         if p.relative_to(out).as_posix() not in files
     ]
     return sorted(problems + extra)
