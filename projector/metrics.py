@@ -29,6 +29,7 @@ from projector.readers import ReaderPool
 from projector.writer import WriteLane
 
 access_logger = structlog.get_logger("projector.access")
+logger = structlog.get_logger("projector.metrics")
 
 # A route no resource matched (a 404): one label value, never the raw path.
 UNMATCHED_ROUTE = "unmatched"
@@ -144,32 +145,37 @@ def route_of(request: web.Request) -> str:
 def observe_requests(metrics: Metrics, access_log: bool) -> Middleware:
     """Count and time every request by route; with `access_log`, log one line for each."""
 
+    def observe(request: web.Request, status: int, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        route = route_of(request)
+        metrics.http_requests.labels(route, request.method, str(status)).inc()
+        metrics.http_seconds.labels(route).observe(elapsed)
+        if access_log:
+            # The template, not the path: no account id, and never a header or the body.
+            access_logger.info(
+                "request",
+                route=route,
+                method=request.method,
+                status=status,
+                duration_ms=round(elapsed * 1000, 3),
+                remote=request.remote,
+            )
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        status = 500  # an exception the inner middlewares did not turn into an answer
         try:
             response = await handler(request)
-            status = response.status
-            return response
         except web.HTTPException as exc:
-            status = exc.status
+            observe(request, exc.status, started)
             raise
-        finally:
-            elapsed = time.perf_counter() - started
-            route = route_of(request)
-            metrics.http_requests.labels(route, request.method, str(status)).inc()
-            metrics.http_seconds.labels(route).observe(elapsed)
-            if access_log:
-                # The template, not the path: no account id, and never a header or the body.
-                access_logger.info(
-                    "request",
-                    route=route,
-                    method=request.method,
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 3),
-                    remote=request.remote,
-                )
+        except Exception:  # one the inner middlewares did not turn into an answer: aiohttp's 500
+            observe(request, 500, started)
+            raise
+        # A cancelled handler (only at shutdown: a hang-up does not cancel it) answers nothing
+        # and is not counted.
+        observe(request, response.status, started)
+        return response
 
     return middleware
 
@@ -178,7 +184,13 @@ def make_metrics_handler(metrics: Metrics, readers: ReaderPool) -> Handler:
     """`GET /metrics`: the storage gauges read now (one statement of index lookups), then all."""
 
     async def metrics_endpoint(request: web.Request) -> web.Response:
-        metrics.storage.status = await health.storage_status(readers, datetime.now(UTC))
+        try:
+            metrics.storage.status = await health.storage_status(readers, datetime.now(UTC))
+        except Exception as exc:
+            # The counters matter most when storage fails (storage_unavailable refusals): serve
+            # them, without the storage gauges, rather than a 500 that hides everything.
+            logger.warning("metrics_storage_unreadable", error=str(exc))
+            metrics.storage.status = None
         return web.Response(
             body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )

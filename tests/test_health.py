@@ -163,3 +163,13 @@ async def test_every_reason_is_given_at_once_without_a_count(
         health.PROJECTIONS_LAGGING,
     ]
     assert not any(character.isdigit() for character in str(document))
+
+
+async def test_a_log_whose_status_cannot_be_read_is_not_ready(
+    client: TestClient, db_path: Path
+) -> None:
+    add_trigger(db_path, "ALTER TABLE projections RENAME TO projections_moved_by_the_test")
+    assert await readiness(client) == (
+        503,
+        {"status": "not_ready", "reasons": [health.LOG_NOT_READABLE]},
+    )

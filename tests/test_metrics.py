@@ -225,6 +225,27 @@ async def test_fold_errors_are_counted_per_projection(
     assert value(samples, "projector_fold_errors_total", projection="workflow_runs") == 0
 
 
+async def test_metrics_are_served_without_the_storage_gauges_when_the_log_cannot_be_read(
+    aiohttp_client: Any, db_path: Path
+) -> None:
+    """The refusal counters matter most when storage fails: a scrape must not 500 then."""
+    settings = load_settings(db=db_path, signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN)
+    client = await aiohttp_client(build_app(settings))
+    assert await post(client, connection_body(), "pk_rotated_on_one_side_only") == 401
+    saboteur = sqlite3.connect(db_path)
+    saboteur.execute("ALTER TABLE projections RENAME TO projections_moved_by_the_test")
+    saboteur.commit()
+    saboteur.close()
+    with capture_logs() as logged:
+        samples = await scrape(client)
+    name = "projector_deliveries_refused_total"
+    assert value(samples, name, status="401", reason="invalid_signature") == 1
+    assert "projector_log_head_seq" not in {sample_name for sample_name, _ in samples}
+    assert [e["event"] for e in logged if e["log_level"] == "warning"] == [
+        "metrics_storage_unreadable"
+    ]
+
+
 async def test_two_apps_in_one_process_keep_their_own_counts(
     aiohttp_client: Any, tmp_path: Path
 ) -> None:
