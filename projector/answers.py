@@ -168,8 +168,9 @@ class NotReady(Answer):
 
     status: Literal["not_ready"]
     reasons: list[str] = Field(
-        description="Why, in fixed phrases: the log does not accept writes, the projector is "
-        "not running, a projection lags beyond PROJECTOR_READY_MAX_LAG_SECONDS."
+        description="Why, in fixed phrases: the log does not accept writes, the log cannot be "
+        "read, the projector is not running, a projection lags beyond "
+        "PROJECTOR_READY_MAX_LAG_SECONDS."
     )
 
 

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import structlog
 from aiohttp import web
 
 from projector import log
@@ -16,6 +17,8 @@ from projector.events import parse_delivery
 from projector.http import Handler, json_answer
 from projector.readers import ReaderPool, fetch_rows
 from projector.writer import WriteLane
+
+logger = structlog.get_logger("projector.health")
 
 
 class ProjectorWatch:
@@ -110,7 +113,8 @@ def probe_write(conn: sqlite3.Connection) -> None:
     try:
         log.append_rows(conn, [_PROBE])
     finally:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite rolls some failures (a full disk) back by itself
+            conn.execute("ROLLBACK")
 
 
 async def log_writable(lane: WriteLane) -> bool:
@@ -121,7 +125,9 @@ async def log_writable(lane: WriteLane) -> bool:
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
             await lane.run(probe_write)
-    except Exception:  # locked, read-only, disk gone, lane closed: all mean "not writable"
+    except Exception as exc:  # locked, read-only, disk gone, lane closed: all "not writable"
+        # /readyz names no detail to its unauthenticated callers; the operator's log does.
+        logger.warning("readiness_write_probe_failed", error=str(exc) or type(exc).__name__)
         return False
     return True
 
@@ -139,7 +145,8 @@ def make_readyz(
             reasons.append(PROJECTOR_NOT_RUNNING)
         try:
             status = await storage_status(readers, datetime.now(UTC))
-        except Exception:
+        except Exception as exc:
+            logger.warning("readiness_status_unreadable", error=str(exc))
             reasons.append(LOG_NOT_READABLE)
         else:
             if status.max_lag_seconds > max_lag_seconds:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
 from projector import health, integrity, log
 from projector.answers import NotReady, Ready
@@ -99,10 +100,15 @@ async def test_a_log_that_refuses_writes_before_any_delivery_is_not_ready(
     client: TestClient, db_path: Path
 ) -> None:
     add_trigger(db_path, REFUSE_INSERTS)
-    assert await readiness(client) == (
-        503,
-        {"status": "not_ready", "reasons": [health.LOG_NOT_WRITABLE]},
-    )
+    with capture_logs() as logged:
+        assert await readiness(client) == (
+            503,
+            {"status": "not_ready", "reasons": [health.LOG_NOT_WRITABLE]},
+        )
+    # The caller gets a fixed phrase; the operator's log gets what went wrong.
+    assert [(e["event"], e["error"]) for e in logged if e["log_level"] == "warning"] == [
+        ("readiness_write_probe_failed", "inserts refused by the test")
+    ]
 
 
 async def test_a_stopped_projector_is_not_ready(client: TestClient) -> None:
@@ -169,7 +175,11 @@ async def test_a_log_whose_status_cannot_be_read_is_not_ready(
     client: TestClient, db_path: Path
 ) -> None:
     add_trigger(db_path, "ALTER TABLE projections RENAME TO projections_moved_by_the_test")
-    assert await readiness(client) == (
-        503,
-        {"status": "not_ready", "reasons": [health.LOG_NOT_READABLE]},
-    )
+    with capture_logs() as logged:
+        assert await readiness(client) == (
+            503,
+            {"status": "not_ready", "reasons": [health.LOG_NOT_READABLE]},
+        )
+    assert ("readiness_status_unreadable", "warning") in [
+        (e["event"], e["log_level"]) for e in logged
+    ]
