@@ -157,6 +157,23 @@ class Health(Answer):
     status: Literal["ok"]
 
 
+class Ready(Answer):
+    """200 from /readyz: the log takes writes and the projector keeps up."""
+
+    status: Literal["ready"]
+
+
+class NotReady(Answer):
+    """503 from /readyz."""
+
+    status: Literal["not_ready"]
+    reasons: list[str] = Field(
+        description="Why, in fixed phrases: the log does not accept writes, the log cannot be "
+        "read, the projector is not running, a projection lags beyond "
+        "PROJECTOR_READY_MAX_LAG_SECONDS."
+    )
+
+
 ANSWERS: tuple[type[Answer], ...] = (
     ErrorAnswer,
     DeliveryAccepted,
@@ -169,4 +186,6 @@ ANSWERS: tuple[type[Answer], ...] = (
     Projections,
     FoldErrorList,
     Health,
+    Ready,
+    NotReady,
 )

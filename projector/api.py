@@ -283,7 +283,7 @@ def bearer_auth(tokens: tuple[bytes, ...]) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        needs_token = request.path.startswith("/v1/") or request.path == "/v1"
+        needs_token = request.path.startswith("/v1/") or request.path in ("/v1", "/metrics")
         if needs_token and not read_tokens.admit(request.headers.get("Authorization", "")):
             return error_response(
                 401,

@@ -11,7 +11,7 @@ from functools import partial
 import structlog
 from aiohttp import web
 
-from projector import api, apidocs, log, projection, replay
+from projector import api, apidocs, health, log, metrics, projection, replay
 from projector.answercache import AnswerCache
 from projector.config import Settings
 from projector.readers import AccountReads, ReaderPool
@@ -81,6 +81,8 @@ async def open_storage(lane: WriteLane) -> None:
 def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> web.Application:
     """The whole service as an aiohttp application; storage opens on start-up."""
     answers = AnswerCache()
+    observed = metrics.Metrics()
+    watch = health.ProjectorWatch()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         # Bodies stay as sent: aiohttp would otherwise inflate a gzip bomb (or refuse br with
@@ -97,7 +99,11 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
             wake.set()
 
     lane = WriteLane(
-        settings.db, settings.max_pending, committed, project=projection.project_appended
+        settings.db,
+        settings.max_pending,
+        committed,
+        project=projection.project_appended,
+        on_batch=observed.commit_batch_size.observe,
     )
     readers = ReaderPool(settings.db)
     app[api.READERS] = readers
@@ -110,6 +116,7 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
         projector = asyncio.create_task(
             project_continuously(lane, wake, answers.read_models_changed), name="projector"
         )
+        watch.task = projector
         logger.info("storage_ready", db=str(settings.db))
         yield
         # Shutdown: requests have finished; stop folding, commit what is queued, close.
@@ -125,9 +132,15 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
     app.router.add_post(
         "/webhooks/refold",
         make_receiver(
-            lane, settings.signing_keys, settings.max_body_bytes, settings.max_pending, clock
+            lane,
+            settings.signing_keys,
+            settings.max_body_bytes,
+            settings.max_pending,
+            clock,
+            observed,
         ),
     )
     api.add_query_routes(app)
     apidocs.add_document_routes(app)
+    metrics.install(app, settings, observed, lane, readers, watch)
     return app

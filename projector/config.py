@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     max_pending: int = Field(default=256, ge=1)
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    # /readyz answers 503 once a projection's oldest unfolded delivery is older than this.
+    ready_max_lag_seconds: float = 30.0
+    access_log: bool = False  # one structured line per request
 
     @field_validator("signing_keys", mode="before")
     @classmethod
@@ -119,12 +122,48 @@ class Settings(BaseSettings):
             return parse_signing_keys(value)
         return tuple(value)
 
+    @field_validator("ready_max_lag_seconds", mode="before")
+    @classmethod
+    def _max_lag(cls, value: Any) -> float:
+        return parse_max_lag(value)
+
+    @field_validator("access_log", mode="before")
+    @classmethod
+    def _access_log(cls, value: Any) -> bool:
+        return parse_switch("PROJECTOR_ACCESS_LOG", value)
+
     @field_validator("read_tokens", mode="before")
     @classmethod
     def _tokens(cls, value: Any) -> tuple[bytes, ...]:
         if isinstance(value, str):
             return parse_read_tokens(value)
         return tuple(v.encode() if isinstance(v, str) else v for v in value)
+
+
+def parse_max_lag(raw: object) -> float:
+    """PROJECTOR_READY_MAX_LAG_SECONDS: a number of seconds above 0, at most a day."""
+    try:
+        seconds = float(str(raw).strip())
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 86400:  # also refuses nan
+        raise ConfigError(
+            f"PROJECTOR_READY_MAX_LAG_SECONDS is {str(raw)[:40]!r}; set it to a number of "
+            "seconds above 0 and at most 86400 (default 30)"
+        )
+    return seconds
+
+
+def parse_switch(name: str, raw: object) -> bool:
+    """A true/false setting; anything but the usual spellings is refused by name."""
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} is {str(raw)[:40]!r}; set it to true or false")
 
 
 def load_settings(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -13,6 +14,7 @@ from projector.answers import DeliveryAccepted
 from projector.config import SigningKey
 from projector.events import format_instant, parse_delivery
 from projector.http import ApiError, Handler, header_text, json_answer
+from projector.metrics import Metrics
 from projector.signature import SIGNATURE_HEADER, header_problem, verify_signature
 from projector.writer import Overloaded, StorageUnavailable, WriteLane
 
@@ -25,8 +27,9 @@ RETRY_AFTER = {"Retry-After": "5"}
 _WARNING_STATUSES = frozenset({401, 503})
 
 
-def log_refusal(request: web.Request, refusal: ApiError) -> None:
-    """The one log line of a refused delivery: why, and who sent how much; never its content."""
+def log_refusal(request: web.Request, refusal: ApiError, metrics: Metrics) -> None:
+    """The one log line (and count) of a refused delivery: why, who sent how much; no content."""
+    metrics.refused.labels(str(refusal.status), refusal.code).inc()
     log = logger.warning if refusal.status in _WARNING_STATUSES else logger.info
     log(
         "delivery_refused",
@@ -101,6 +104,7 @@ def make_receiver(
     max_body_bytes: int,
     max_pending: int,
     clock: Callable[[], datetime],
+    metrics: Metrics,
 ) -> Handler:
     """The receiver handler, bound to its write lane, keys, limits and clock."""
     in_progress = 0
@@ -120,7 +124,7 @@ def make_receiver(
             finally:
                 in_progress -= 1
         except ApiError as refusal:
-            log_refusal(request, refusal)
+            log_refusal(request, refusal, metrics)
             raise
 
     async def _receive(request: web.Request) -> web.Response:
@@ -133,6 +137,7 @@ def make_receiver(
                 context={"content_encoding": encoding[:40]},
             )
         body = await read_bounded_body(request, max_body_bytes)
+        received = time.perf_counter()
         try:
             claimed = [
                 v.encode("utf-8", "surrogateescape")
@@ -170,12 +175,15 @@ def make_receiver(
                 RETRY_AFTER,
                 context={"detail": str(exc), "environment": environment},
             ) from None
+        metrics.append_seconds.observe(time.perf_counter() - received)
+        duplicate = appended.duplicate_of is not None
+        metrics.stored(environment, duplicate=duplicate, flagged=bool(parsed.flags))
         # Debug, not info: one rendered line per delivery would cost more CPU than storing it,
         # and the log itself (GET /v1/events) is the audit trail of every delivery.
         logger.debug(
             "delivery_stored",
             seq=appended.seq,
-            duplicate=appended.duplicate_of is not None,
+            duplicate=duplicate,
             flags=list(parsed.flags),
             signed_as=match.signed_as,
             key_id=match.key.key_id,
@@ -187,7 +195,7 @@ def make_receiver(
             DeliveryAccepted.model_construct(
                 seq=appended.seq,
                 environment=environment,
-                duplicate=appended.duplicate_of is not None,
+                duplicate=duplicate,
                 flags=list(parsed.flags),
             )
         )

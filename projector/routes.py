@@ -98,6 +98,23 @@ ROUTES: tuple[Route, ...] = (
         "stored, and flagged.",
     ),
     Route("GET", "/healthz", "liveness", "Liveness", answers.Health, auth=None),
+    Route(
+        "GET",
+        "/readyz",
+        "readiness",
+        "Readiness: the log takes writes and the projector keeps up",
+        answers.Ready,
+        errors={503: ("not_ready: the reasons say what is wrong.", answers.NotReady)},
+        auth=None,
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        "metrics",
+        "Prometheus metrics of this process, in the text exposition format",
+        None,
+        media_type="text/plain",
+    ),
     Route("GET", "/openapi.json", "openapiDocument", "This document", None, auth=None),
     Route(
         "GET",

@@ -7,6 +7,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,14 @@ MAX_COMMITTED = 20_000
 # Folds deliveries appended in the current transaction into the read models; False when it
 # leaves them to the projector (projection.project_appended).
 ProjectAppended = Callable[[sqlite3.Connection, Mapping[int, log.Committed]], bool]
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    """When the last batch of appends was committed or failed (time.monotonic)."""
+
+    at: float
+    succeeded: bool
 
 
 class Overloaded(Exception):
@@ -67,11 +76,14 @@ class WriteLane:
         max_pending: int,
         on_commit: Callable[[bool], None],
         project: ProjectAppended | None = None,
+        on_batch: Callable[[int], None] = lambda size: None,
     ) -> None:
         self._path = path
         self._max_pending = max_pending
         self._on_commit = on_commit  # told whether the commit folded its batch
         self._project = project
+        self._on_batch = on_batch  # told each committed batch's size, for the metrics
+        self.last_commit: CommitOutcome | None = None  # for readiness
         self._inbox: queue.SimpleQueue[_Append | _Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -238,6 +250,8 @@ class WriteLane:
         self, batch: list[_Append], results: list[log.Appended], projected: bool
     ) -> None:
         self._pending -= len(batch)
+        self.last_commit = CommitOutcome(time.monotonic(), succeeded=True)
+        self._on_batch(len(batch))
         for append, result in zip(batch, results, strict=True):
             # A caller that went away still had its delivery stored; the sender will retry.
             if not append.future.done():
@@ -250,6 +264,7 @@ class WriteLane:
 
     def _settle_failed(self, batch: list[_Append], error: StorageUnavailable) -> None:
         self._pending -= len(batch)
+        self.last_commit = CommitOutcome(time.monotonic(), succeeded=False)
         for append in batch:
             if not append.future.done():
                 append.future.set_exception(error)

@@ -273,3 +273,39 @@ def test_signing_key_repr_and_str_never_contain_the_secret() -> None:
     for text in (repr(key), str(key)):
         assert SECRET not in text
         assert key.key_id in text
+
+
+# --- readiness and access log ---------------------------------------------------------------
+
+
+def test_ready_max_lag_defaults_to_30_seconds_and_the_access_log_to_off() -> None:
+    settings = load_settings(require_secrets=False)
+    assert settings.ready_max_lag_seconds == 30.0
+    assert settings.access_log is False
+
+
+def test_ready_max_lag_and_access_log_are_read_from_their_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PROJECTOR_READY_MAX_LAG_SECONDS", "2.5")
+    monkeypatch.setenv("PROJECTOR_ACCESS_LOG", "true")
+    settings = load_settings(require_secrets=False)
+    assert settings.ready_max_lag_seconds == 2.5
+    assert settings.access_log is True
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "abc", "nan", "inf", "86401", ""])
+def test_a_ready_max_lag_that_is_not_a_positive_number_of_seconds_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv("PROJECTOR_READY_MAX_LAG_SECONDS", raw)
+    with pytest.raises(ConfigError, match=r"PROJECTOR_READY_MAX_LAG_SECONDS .* above 0"):
+        load_settings(require_secrets=False)
+
+
+def test_an_access_log_that_is_not_true_or_false_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PROJECTOR_ACCESS_LOG", "maybe")
+    with pytest.raises(ConfigError, match="PROJECTOR_ACCESS_LOG is 'maybe'; set it to true or"):
+        load_settings(require_secrets=False)

@@ -79,14 +79,23 @@ async def test_each_read_documents_exactly_the_query_parameters_it_accepts(
 
 
 @pytest.mark.parametrize(("method", "path", "operation"), OPERATIONS, ids=lambda v: str(v)[:40])
-def test_every_error_answer_has_the_one_error_shape(
+def test_every_error_answer_has_the_one_error_shape_unless_its_route_names_a_model(
     method: str, path: str, operation: dict[str, Any]
 ) -> None:
+    (route,) = [r for r in ROUTES if (r.method, r.path) == (method, path)]
+    own = {str(s): doc[1].__name__ for s, doc in route.errors.items() if isinstance(doc, tuple)}
     errors = {s: r for s, r in operation["responses"].items() if s == "default" or int(s) >= 400}
     assert "default" in errors  # the unexpected 500
-    for answer in errors.values():
+    for status, answer in errors.items():
         schema = answer["content"]["application/json"]["schema"]
-        assert schema == {"$ref": "#/components/schemas/ErrorAnswer"}
+        model = own.get(status, "ErrorAnswer")
+        assert schema == {"$ref": f"#/components/schemas/{model}"}
+
+
+def test_only_readyz_answers_an_error_status_in_a_model_of_its_own() -> None:
+    """Every other refusal is the one error shape, so clients need one error parser."""
+    own = {(r.path, s) for r in ROUTES for s, doc in r.errors.items() if not isinstance(doc, str)}
+    assert own == {("/readyz", 503)}
 
 
 @pytest.mark.parametrize(("path", "operation"), READS, ids=[path for path, _ in READS])
@@ -112,7 +121,7 @@ def test_every_get_answered_whole_documents_its_etag_and_304(
 
 def test_the_open_routes_need_no_token() -> None:
     open_routes = {path for _, path, op in OPERATIONS if op["security"] == []}
-    assert open_routes == {"/healthz", "/openapi.json", "/docs"}
+    assert open_routes == {"/healthz", "/readyz", "/openapi.json", "/docs"}
 
 
 def test_the_receiver_documents_its_signature_and_every_refusal() -> None:

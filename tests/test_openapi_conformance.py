@@ -40,6 +40,10 @@ EXAMPLES_PER_MODE = 25
 MAX_BODY_BYTES = 1024 * 1024  # the default: generated bodies stay under it
 # Documented statuses no request of this test can provoke, and why.
 UNREACHED = {
+    "GET /readyz": {
+        "503": "not ready needs a log that refuses writes or a stopped projector, which this "
+        "healthy server never has; tests/test_health.py provokes each reason",
+    },
     RECEIVER: {
         "400": "incomplete_body answers a sender that has already hung up, so no client is "
         "left to read it; tests/test_receiver.py checks it and its log line",
