@@ -261,7 +261,7 @@ async def stream_changes(request: web.Request) -> web.StreamResponse:
     environment = _environment(params)
     resume = _last_event_id(request)
     hub = request.app[CHANGE_HUB]
-    if hub.closing or hub.open_streams >= hub.max_streams:
+    if hub.open_streams >= hub.max_streams:
         raise ApiError(
             503,
             "too_many_streams",
@@ -292,6 +292,9 @@ async def stream_changes(request: web.Request) -> web.StreamResponse:
             await stream.goodbye("cut off: this client read too slowly")
         except ConnectionError:  # the client went away: nothing to say to it
             pass
+        except Exception:  # the answer has begun: json_errors can no longer answer a 500
+            logger.exception("change_stream_failed", position=stream.position)
+            await stream.goodbye("an unexpected error, logged by the server")
     finally:
         hub.open_streams -= 1
     return response

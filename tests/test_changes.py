@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from projector import queries
 from projector.app import build_app
 from projector.changes import STREAM_SOCKET_BUFFER
 from projector.config import load_settings
@@ -327,3 +328,26 @@ async def test_sigterm_ends_open_streams_with_their_position_and_exits_0(
     assert goodbye is not None
     assert goodbye.fields == {"id": str(seq)}
     assert await exit_code == 0
+
+
+async def test_a_failure_while_streaming_ends_the_stream_with_its_position(
+    serve: Serve, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = await serve()
+    stream = await open_stream(http, url)
+    banner = await deliver(http, url, connection_body("acct_1"))
+    assert (await stream.next_event()).fields["id"] == str(banner)
+
+    async def unreadable(*args: object) -> None:  # a fault SQLite cannot be made to give
+        raise RuntimeError("the run could not be read")
+
+    monkeypatch.setattr(queries, "run_summary", unreadable)
+    await deliver(http, url, run_body("run_1", "acct_1"))
+
+    goodbye = await stream.next_block()
+    assert goodbye is not None
+    assert goodbye.fields == {"id": str(banner)}
+    assert goodbye.comments == [
+        f"an unexpected error, logged by the server; resume with Last-Event-ID: {banner}"
+    ]
+    assert await stream.next_block() is None
