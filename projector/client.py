@@ -67,6 +67,7 @@ class ProjectorClient:
         *,
         reconnect_seconds: float = 1.0,
         idle_timeout_seconds: float = 60.0,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         # A trailing '/' so that paths join under it: http://host/projector/ + v1/...
         self._url = URL(url.rstrip("/") + "/")
@@ -74,13 +75,16 @@ class ProjectorClient:
         self._reconnect_seconds = reconnect_seconds
         # Four heartbeats at the service's default period: a silent stream is a dead one.
         self._idle_timeout = idle_timeout_seconds
-        self._session: aiohttp.ClientSession | None = None
+        # Your own session (its connection pool, trace configs) is used, and left open.
+        self._session = session
+        self._owns_session = session is None
 
     def __repr__(self) -> str:  # never the token
         return f"ProjectorClient({str(self._url).rstrip('/')!r})"
 
     async def __aenter__(self) -> ProjectorClient:
-        self._session = aiohttp.ClientSession()
+        if self._owns_session:
+            self._session = aiohttp.ClientSession()
         return self
 
     async def __aexit__(
@@ -92,8 +96,8 @@ class ProjectorClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the HTTP session."""
-        if self._session is not None:
+        """Close the HTTP session, if the client opened it."""
+        if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
 
@@ -209,7 +213,7 @@ class ProjectorClient:
             try:
                 async with self._http().get(url, headers=headers, timeout=timeout) as response:
                     if response.status == 503:
-                        delay = float(response.headers.get("Retry-After", delay))
+                        delay = _seconds(response.headers.get("Retry-After"), delay)
                     elif response.status != 200:
                         raise await _error(response)
                     else:
@@ -241,6 +245,13 @@ class ProjectorClient:
             if response.status != 200:
                 raise await _error(response)
             return model.model_validate_json(await response.read())
+
+
+def _seconds(retry_after: str | None, default: float) -> float:
+    """Retry-After in seconds (this service sends whole seconds); `default` otherwise."""
+    if retry_after is None or not retry_after.strip().isdigit():
+        return default
+    return float(retry_after)
 
 
 def _text(value: str | int | bool) -> str:

@@ -23,9 +23,9 @@ from projector.client import (
     ProjectorError,
     WorkflowRunChanged,
 )
-from projector.config import Settings
-from tests.changes_support import connection_body, deliver, run_body
-from tests.support import AUTH, READ_TOKEN, REPO, free_port
+from projector.config import Settings, load_settings
+from tests.changes_support import connection_body, deliver, open_stream, run_body
+from tests.support import AUTH, READ_TOKEN, REPO, SIGNING_KEYS, free_port
 
 
 @pytest.fixture
@@ -204,3 +204,41 @@ async def test_the_readme_example_runs_as_shown(
             await running
     finally:
         running.cancel()
+
+
+async def test_changes_retries_a_503_after_its_retry_after_and_then_streams(
+    aiohttp_server: Any, db_path: Path, http: aiohttp.ClientSession
+) -> None:
+    settings = load_settings(
+        db=db_path,
+        signing_keys=SIGNING_KEYS,
+        read_tokens=READ_TOKEN,
+        max_streams=1,
+        stream_heartbeat_seconds=0.1,
+    )
+    url = url_of(await aiohttp_server(build_app(settings)))
+    statuses: list[int] = []
+    refused = asyncio.Event()
+
+    async def on_request_end(session: object, context: object, params: Any) -> None:
+        statuses.append(params.response.status)
+        if params.response.status == 503:
+            refused.set()
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_end.append(on_request_end)
+    holder = await open_stream(http, url)  # the only stream allowed
+    async with (
+        aiohttp.ClientSession(trace_configs=[tracing]) as session,
+        ProjectorClient(url, READ_TOKEN, session=session) as client,
+    ):
+        changes = client.changes(last_event_id=0)
+        receiving = asyncio.ensure_future(next_change(changes))
+        async with asyncio.timeout(10):
+            await refused.wait()
+        holder.response.close()  # the slot frees; the client comes back after Retry-After
+        seq = await deliver(http, url, connection_body("acct_1"))
+        change = await asyncio.wait_for(receiving, 30)
+        await changes.aclose()
+    assert change.seq == seq
+    assert statuses == [503, 200]
