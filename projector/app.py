@@ -11,7 +11,7 @@ from functools import partial
 import structlog
 from aiohttp import web
 
-from projector import api, apidocs, health, log, metrics, projection, replay
+from projector import api, apidocs, changes, health, log, metrics, projection, replay
 from projector.answercache import AnswerCache
 from projector.config import Settings
 from projector.readers import AccountReads, ReaderPool
@@ -91,10 +91,16 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
         middlewares=[api.json_errors, api.bearer_auth(settings.read_tokens), api.etag(answers)],
     )
     wake = asyncio.Event()
+    readers = ReaderPool(settings.db)
+    change_hub = changes.add_change_stream(app, settings, readers)
+
+    def read_models_changed() -> None:
+        answers.read_models_changed()
+        change_hub.read_models_changed()
 
     def committed(projected: bool) -> None:
         if projected:  # folded in the commit: the answers change now, nothing is left to do
-            answers.read_models_changed()
+            read_models_changed()
         else:
             wake.set()
 
@@ -105,7 +111,6 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
         project=projection.project_appended,
         on_batch=observed.commit_batch_size.observe,
     )
-    readers = ReaderPool(settings.db)
     app[api.READERS] = readers
     app[api.ACCOUNT_READS] = AccountReads(readers)
 
@@ -114,7 +119,7 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
         await open_storage(lane)
         await readers.open()
         projector = asyncio.create_task(
-            project_continuously(lane, wake, answers.read_models_changed), name="projector"
+            project_continuously(lane, wake, read_models_changed), name="projector"
         )
         watch.task = projector
         logger.info("storage_ready", db=str(settings.db))

@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     # Deliveries being received or waiting for the writer; beyond this the receiver answers
     # 503. Bodies in progress take at most about max_pending x max_body_bytes of memory.
     max_pending: int = Field(default=256, ge=1)
+    # GET /v1/changes: open streams at most (the next gets 503), the idle comment's period,
+    # and how long one write may wait on a client before the stream is cut off as too slow.
+    max_streams: int = Field(default=100, ge=1, le=10_000)
+    stream_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    stream_write_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
     # /readyz answers 503 once a projection's oldest unfolded delivery is older than this.

@@ -129,3 +129,12 @@ IF_NONE_MATCH = Param(
     {"type": "string"},
     "ETags of answers you hold (or *): a 304 without a body when the answer is unchanged.",
 )
+
+LAST_EVENT_ID = Param(
+    "Last-Event-ID",
+    "header",
+    {"type": "string", "pattern": "^[0-9]{0,18}$"},
+    "The id of the last event received: every change after that seq is replayed from the "
+    "log first. Absent or empty: the stream starts after what is folded now.",
+    "536",
+)

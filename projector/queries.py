@@ -130,6 +130,19 @@ def _run_summary(row: tuple[Any, ...]) -> answers.WorkflowRunSummary:
     )
 
 
+async def run_summary(
+    conn: aiosqlite.Connection, environment: str, instance_id: str
+) -> answers.WorkflowRunSummary | None:
+    """One run's fields without its deliveries (what the change stream sends), or None."""
+    rows = await fetch_rows(
+        conn,
+        f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE environment = ? AND instance_id = ?",
+        environment,
+        instance_id,
+    )
+    return _run_summary(rows[0]) if rows else None
+
+
 async def workflow_run(
     conn: aiosqlite.Connection, environment: str, instance_id: str, limit: int, cursor: str | None
 ) -> answers.WorkflowRunAnswer | None:

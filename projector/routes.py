@@ -26,6 +26,7 @@ from projector.openapi_params import (
     FLAG,
     FLAGGED,
     INSTANCE,
+    LAST_EVENT_ID,
     LIMIT,
     PROJECTION,
     RUN_STATUS,
@@ -174,6 +175,26 @@ ROUTES: tuple[Route, ...] = (
         answers.AuditEventDetail,
         (SEQ, ENVIRONMENT),
         {404: "event_not_found: no delivery at this seq in this environment."},
+    ),
+    Route(
+        "GET",
+        "/v1/changes",
+        "changes",
+        "Changes pushed live: a Server-Sent Events stream of the read models' changes",
+        None,
+        (ENVIRONMENT, ACCOUNT_FILTER, LAST_EVENT_ID),
+        {
+            400: "invalid_last_event_id: Last-Event-ID is not a seq, or is past the log's head.",
+            503: "too_many_streams: PROJECTOR_MAX_STREAMS streams are open; retry after "
+            "Retry-After seconds.",
+        },
+        media_type="text/event-stream",
+        conditional=False,
+        retry_after=True,
+        description="Never ends by itself. One event per folded delivery, `id:` its seq: "
+        "`event: connection` with the account's AccountConnections as data, or "
+        "`event: workflow_run` with the run's WorkflowRunSummary; `: heartbeat` comments "
+        "while idle. See the README's 'Changes pushed live'.",
     ),
     Route(
         "GET",

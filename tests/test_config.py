@@ -256,6 +256,43 @@ def test_an_unknown_log_format_is_a_config_error_naming_it(
         load_settings(require_secrets=False)
 
 
+def test_change_stream_settings_default_to_100_streams_15_s_heartbeats_30_s_writes() -> None:
+    settings = load_settings(require_secrets=False)
+    assert settings.max_streams == 100
+    assert settings.stream_heartbeat_seconds == 15.0
+    assert settings.stream_write_timeout_seconds == 30.0
+
+
+def test_change_stream_settings_are_read_from_their_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PROJECTOR_MAX_STREAMS", "3")
+    monkeypatch.setenv("PROJECTOR_STREAM_HEARTBEAT_SECONDS", "0.5")
+    monkeypatch.setenv("PROJECTOR_STREAM_WRITE_TIMEOUT_SECONDS", "2")
+    settings = load_settings(require_secrets=False)
+    assert settings.max_streams == 3
+    assert settings.stream_heartbeat_seconds == 0.5
+    assert settings.stream_write_timeout_seconds == 2.0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PROJECTOR_MAX_STREAMS", "0"),
+        ("PROJECTOR_MAX_STREAMS", "many"),
+        ("PROJECTOR_STREAM_HEARTBEAT_SECONDS", "0"),
+        ("PROJECTOR_STREAM_HEARTBEAT_SECONDS", "301"),
+        ("PROJECTOR_STREAM_WRITE_TIMEOUT_SECONDS", "-1"),
+    ],
+)
+def test_a_change_stream_setting_out_of_range_is_a_config_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=variable):
+        load_settings(require_secrets=False)
+
+
 # --- secrets stay out of repr and str -----------------------------------------------------
 
 
