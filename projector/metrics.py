@@ -145,11 +145,12 @@ def route_of(request: web.Request) -> str:
 def observe_requests(metrics: Metrics, access_log: bool) -> Middleware:
     """Count and time every request by route; with `access_log`, log one line for each."""
 
-    def observe(request: web.Request, status: int, started: float) -> None:
+    def observe(request: web.Request, status: int, started: float, timed: bool = True) -> None:
         elapsed = time.perf_counter() - started
         route = route_of(request)
         metrics.http_requests.labels(route, request.method, str(status)).inc()
-        metrics.http_seconds.labels(route).observe(elapsed)
+        if timed:
+            metrics.http_seconds.labels(route).observe(elapsed)
         if access_log:
             # The template, not the path: no account id, and never a header or the body.
             access_logger.info(
@@ -173,8 +174,9 @@ def observe_requests(metrics: Metrics, access_log: bool) -> Middleware:
             observe(request, 500, started)
             raise
         # A cancelled handler (only at shutdown: a hang-up does not cancel it) answers nothing
-        # and is not counted.
-        observe(request, response.status, started)
+        # and is not counted. A streamed answer (GET /v1/changes) is counted but not timed:
+        # its duration is the life of the stream, which would swamp the latency histogram.
+        observe(request, response.status, started, timed=isinstance(response, web.Response))
         return response
 
     return middleware

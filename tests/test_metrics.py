@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import sqlite3
+import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -55,8 +56,13 @@ async def scrape(client: TestClient) -> Samples:
     answer = await client.get("/metrics", headers=AUTH)
     assert answer.status == 200
     assert answer.headers["Content-Type"].startswith("text/plain; version=")
+    return parsed(await answer.text())
+
+
+def parsed(text: str) -> Samples:
+    """A scrape's samples, by name and labels."""
     samples: Samples = {}
-    for family in text_string_to_metric_families(await answer.text()):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return samples
@@ -355,3 +361,27 @@ def test_a_served_process_exposes_metrics_and_writes_json_access_lines(db_path: 
         ("/readyz", 200),
     ]
     assert READ_TOKEN not in service.logs()
+
+
+@pytest.mark.e2e
+def test_a_change_stream_is_counted_when_it_ends_but_never_timed(db_path: Path) -> None:
+    """A stream's duration is its life, not a latency: it stays out of the histogram."""
+    # A real process: aiohttp's test server cancels a handler whose client hangs up.
+    heartbeat = {"PROJECTOR_STREAM_HEARTBEAT_SECONDS": "0.05"}  # a hang-up is seen at once
+    service = Service(db_path, extra_env=heartbeat).start()
+    changes, requests = "/v1/changes", "projector_http_requests_total"
+    try:
+        opened = urllib.request.Request(f"{service.url}{changes}", headers=AUTH)
+        with urllib.request.urlopen(opened, timeout=10) as stream:
+            assert stream.status == 200
+            assert stream.readline().startswith(b": changes after seq")
+        for _ in range(200):  # bounded: 10 s at most for the server to notice the hang-up
+            samples = parsed(http_get(f"{service.url}/metrics", AUTH)[1])
+            if value(samples, requests, route=changes, method="GET", status="200"):
+                break
+            time.sleep(0.05)
+        assert value(samples, requests, route=changes, method="GET", status="200") == 1
+        assert value(samples, "projector_http_request_seconds_count", route=changes) == 0
+        assert value(samples, "projector_http_request_seconds_count", route="/metrics") >= 1
+    finally:
+        assert service.stop() == 0
