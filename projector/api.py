@@ -30,9 +30,11 @@ _LIMIT_VALUE = re.compile(r"[0-9]{1,4}")
 # --- parameters -------------------------------------------------------------------------
 
 
-def _params(request: web.Request, allowed: Iterable[str]) -> dict[str, str]:
+def _params(
+    request: web.Request, allowed: Iterable[str], *, environment: bool = True
+) -> dict[str, str]:
     """The query parameters, refusing unknown or repeated ones (a typo must not widen a list)."""
-    allowed = {"environment", *allowed}
+    allowed = {"environment", *allowed} if environment else set(allowed)
     unknown = sorted(set(request.query) - allowed)
     if unknown:
         raise ApiError(
@@ -206,7 +208,8 @@ async def audit_event(request: web.Request) -> web.Response:
 
 
 async def projections(request: web.Request) -> web.Response:
-    _params(request, ())
+    # The answer covers both environments; a given one is still checked, never ignored.
+    _environment(_params(request, ()))
     async with request.app[READERS].connection() as conn:
         answer = await queries.projection_states(conn)
     return json_answer(answer)
@@ -216,10 +219,10 @@ PROJECTION_NAMES = tuple(model.name for model in READ_MODELS)
 
 
 async def fold_errors(request: web.Request) -> web.Response:
-    params = _params(request, ("limit", "cursor"))
-    if "environment" in params:  # like the counts in /v1/projections: both environments
+    if "environment" in request.query:  # like the counts in /v1/projections: both at once
         message = "fold errors of both environments are listed together, each naming its own"
-        raise ApiError(400, "unknown_parameter", f"{message}; this endpoint takes limit, cursor")
+        raise ApiError(400, "unknown_parameter", f"{message}; this endpoint takes cursor, limit")
+    params = _params(request, ("limit", "cursor"), environment=False)
     name = request.match_info["name"]
     if name not in PROJECTION_NAMES:
         raise ApiError(

@@ -54,8 +54,8 @@ ENVIRONMENT = Param(
 ANY_ENVIRONMENT = Param(
     "environment",
     "query",
-    {"type": "string"},
-    "Accepted and ignored, not checked: the positions cover both environments.",
+    {"type": "string", "enum": ["live", "test", "production"], "default": "live"},
+    "Checked like everywhere else, but the answer is the same: positions cover both.",
 )
 LIMIT = Param(
     "limit",

@@ -1038,6 +1038,21 @@ async def test_fold_errors_refuse_a_bad_parameter_with_400(
     await assert_error(answer, 400, code)
 
 
+async def test_fold_errors_name_only_what_they_take_when_refusing_an_unknown_parameter(
+    client: TestClient,
+) -> None:
+    answer = await client.get("/v1/projections/workflow_runs/errors?sort=seq", headers=AUTH)
+    await assert_error(answer, 400, "unknown_parameter")
+    assert (await answer.json())["error"]["message"].endswith("this endpoint takes cursor, limit")
+
+
+async def test_projections_check_an_environment_they_are_given(client: TestClient) -> None:
+    """The answer covers both environments, but a typo is still a 400, never ignored."""
+    answer = await client.get("/v1/projections?environment=xyz", headers=AUTH)
+    await assert_error(answer, 400, "invalid_environment")
+    assert (await client.get("/v1/projections?environment=test", headers=AUTH)).status == 200
+
+
 # --- ETags ------------------------------------------------------------------------------
 
 READS = [
