@@ -30,7 +30,7 @@ _LIMIT_VALUE = re.compile(r"[0-9]{1,4}")
 # --- parameters -------------------------------------------------------------------------
 
 
-def _params(
+def query_params(
     request: web.Request, allowed: Iterable[str], *, environment: bool = True
 ) -> dict[str, str]:
     """The query parameters, refusing unknown or repeated ones (a typo must not widen a list)."""
@@ -49,7 +49,7 @@ def _params(
     return dict(request.query)
 
 
-def _environment(params: dict[str, str]) -> str:
+def environment_param(params: dict[str, str]) -> str:
     raw = params.get("environment", "live")
     environment = normalise_environment(raw)
     if environment is None:
@@ -99,16 +99,18 @@ def _cursor_checked() -> Iterator[None]:
 
 
 async def account_connections(request: web.Request) -> web.Response:
-    params = _params(request, ())
+    params = query_params(request, ())
     answer = await queries.account_connections(
-        request.app[ACCOUNT_READS], _environment(params), request.match_info["linked_account_id"]
+        request.app[ACCOUNT_READS],
+        environment_param(params),
+        request.match_info["linked_account_id"],
     )
     return json_answer(answer)
 
 
 async def list_connections(request: web.Request) -> web.Response:
-    params = _params(request, ("status", "slug", "limit", "cursor"))
-    environment, limit = _environment(params), _limit(params)
+    params = query_params(request, ("status", "slug", "limit", "cursor"))
+    environment, limit = environment_param(params), _limit(params)
     status = _status(params, ("connected", "expired", "deleted"))
     async with request.app[READERS].connection() as conn:
         with _cursor_checked():
@@ -119,8 +121,8 @@ async def list_connections(request: web.Request) -> web.Response:
 
 
 async def workflow_run(request: web.Request) -> web.Response:
-    params = _params(request, ("limit", "cursor"))
-    environment, limit = _environment(params), _limit(params)
+    params = query_params(request, ("limit", "cursor"))
+    environment, limit = environment_param(params), _limit(params)
     instance_id = request.match_info["instance_id"]
     async with request.app[READERS].connection() as conn:
         with _cursor_checked():
@@ -137,8 +139,8 @@ async def workflow_run(request: web.Request) -> web.Response:
 
 
 async def account_runs(request: web.Request) -> web.Response:
-    params = _params(request, ("status", "workflow_id", "limit", "cursor"))
-    environment, limit = _environment(params), _limit(params)
+    params = query_params(request, ("status", "workflow_id", "limit", "cursor"))
+    environment, limit = environment_param(params), _limit(params)
     status = _status(params, queries.RUN_STATUS_FILTERS)
     async with request.app[READERS].connection() as conn:
         with _cursor_checked():
@@ -171,10 +173,10 @@ def _flag(params: dict[str, str]) -> str | None:
 
 
 async def audit_events(request: web.Request) -> web.Response:
-    params = _params(
+    params = query_params(
         request, ("linked_account_id", "event", "after", "limit", "cursor", "flagged", "flag")
     )
-    environment, limit = _environment(params), _limit(params)
+    environment, limit = environment_param(params), _limit(params)
     after = _seq(params.get("after", "0"), "after")
     flagged, flag = _flagged(params), _flag(params)
     async with request.app[READERS].connection() as conn:
@@ -194,10 +196,10 @@ async def audit_events(request: web.Request) -> web.Response:
 
 
 async def audit_event(request: web.Request) -> web.Response:
-    params = _params(request, ())
+    params = query_params(request, ())
     seq = _seq(request.match_info["seq"], "seq")
     async with request.app[READERS].connection() as conn:
-        answer = await queries.audit_event(conn, _environment(params), seq)
+        answer = await queries.audit_event(conn, environment_param(params), seq)
     if answer is None:
         raise ApiError(
             404,
@@ -209,7 +211,7 @@ async def audit_event(request: web.Request) -> web.Response:
 
 async def projections(request: web.Request) -> web.Response:
     # The answer covers both environments; a given one is still checked, never ignored.
-    _environment(_params(request, ()))
+    environment_param(query_params(request, ()))
     async with request.app[READERS].connection() as conn:
         answer = await queries.projection_states(conn)
     return json_answer(answer)
@@ -222,7 +224,7 @@ async def fold_errors(request: web.Request) -> web.Response:
     if "environment" in request.query:  # like the counts in /v1/projections: both at once
         message = "fold errors of both environments are listed together, each naming its own"
         raise ApiError(400, "unknown_parameter", f"{message}; this endpoint takes cursor, limit")
-    params = _params(request, ("limit", "cursor"), environment=False)
+    params = query_params(request, ("limit", "cursor"), environment=False)
     name = request.match_info["name"]
     if name not in PROJECTION_NAMES:
         raise ApiError(

@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from projector import queries
-from projector.api import ACCOUNT_READS, _environment, _params
+from projector.api import ACCOUNT_READS, environment_param, query_params
 from projector.config import Settings
 from projector.http import ApiError
 from projector.readers import ReaderPool, fetch_rows
@@ -255,8 +255,8 @@ async def _positions(readers: ReaderPool) -> tuple[int, int]:
 
 async def stream_changes(request: web.Request) -> web.StreamResponse:
     """GET /v1/changes: one event per folded delivery after Last-Event-ID (or from now)."""
-    params = _params(request, ("linked_account_id",))
-    environment = _environment(params)
+    params = query_params(request, ("linked_account_id",))
+    environment = environment_param(params)
     resume = _last_event_id(request)
     hub = request.app[CHANGE_HUB]
     if hub.open_streams >= hub.max_streams:
