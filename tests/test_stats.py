@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,15 @@ from aiohttp.test_utils import TestClient
 from projector.app import build_app
 from projector.config import load_settings
 from projector.stats import WINDOW_MINUTES, DeliveryMinutes
-from tests.support import AUTH, READ_TOKEN, SIGNING_KEYS, signed, wait_projected
+from tests.support import (
+    AUTH,
+    READ_TOKEN,
+    SIGNING_KEYS,
+    run_cli,
+    service_env,
+    signed,
+    wait_projected,
+)
 from tests.test_metrics import connection_body, stall_projections
 
 WEBHOOK = "/webhooks/refold"
@@ -125,8 +135,21 @@ async def test_stats_refuse_a_bad_minutes_and_need_the_token(client: TestClient)
     assert (await unknown.json())["error"]["code"] == "unknown_parameter"
 
 
-async def test_projections_answer_their_generation(client: TestClient) -> None:
+async def generations(client: TestClient) -> dict[str, int]:
     answer = await client.get("/v1/projections", headers=AUTH)
-    generations = {p["name"]: p["generation"] for p in (await answer.json())["projections"]}
+    return {p["name"]: p["generation"] for p in (await answer.json())["projections"]}
+
+
+async def test_projections_answer_their_generation_and_a_rebuild_adds_one(
+    client: TestClient, db_path: Path
+) -> None:
     # A new database is built once from its (empty) log at start.
-    assert generations == {"connection_health": 1, "workflow_runs": 1}
+    assert await generations(client) == {"connection_health": 1, "workflow_runs": 1}
+    assert await post(client, connection_body()) == 200
+    rebuilt = await asyncio.to_thread(run_cli, "rebuild", env=service_env(db_path))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    # The server sees the swap on its next read; bounded.
+    deadline = time.monotonic() + 10
+    while (seen := await generations(client)) != {"connection_health": 2, "workflow_runs": 2}:
+        assert time.monotonic() < deadline, f"generation after a rebuild: {seen}"
+        await asyncio.sleep(0.05)

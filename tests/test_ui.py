@@ -13,6 +13,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 
 from projector.ui import ASSETS
+from tests import browser_support
 from tests.browser_support import chromium, log_in, screenshot, send, unique, wait, wait_for_head
 from tests.support import READ_TOKEN, SAMPLE, Service, sample_bodies
 
@@ -74,6 +75,28 @@ async def test_the_page_loads_nothing_from_another_host_and_never_parses_api_tex
         assert parser not in script
     assert "sessionStorage" in script
     assert "localStorage" not in script
+
+
+def test_without_chromium_the_browser_tests_skip_saying_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(browser_support, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.delenv("PROJECTOR_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception) as skipped, chromium():
+        pass
+    assert "apt-get install -y chromium chromium-driver" in str(skipped.value)
+    assert str(tmp_path / "no-chromium") in str(skipped.value)
+
+
+def test_without_chromium_the_browser_tests_fail_when_the_browser_is_required(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(browser_support, "CHROMEDRIVER", tmp_path / "no-chromedriver")
+    monkeypatch.setenv("PROJECTOR_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception) as failed, chromium():
+        pass
+    assert "PROJECTOR_REQUIRE_BROWSER=1" in str(failed.value)
+    assert "apt-get install -y chromium chromium-driver" in str(failed.value)
 
 
 # --- in the browser -----------------------------------------------------------------------
