@@ -128,6 +128,9 @@ class ProjectionState(Answer):
     version: int
     position: int = Field(description="Last seq processed (folded or skipped).")
     errors: int = Field(description="Events the fold raised on in this generation.")
+    generation: int = Field(
+        description="How many times the projection was built from the log (each rebuild adds 1)."
+    )
 
 
 class Projections(Answer):
@@ -136,6 +139,30 @@ class Projections(Answer):
         description="SHA-256 chain hash of the head row; record it to check the log later."
     )
     projections: list[ProjectionState]
+
+
+class MinuteDeliveries(Answer):
+    minute: str = Field(description="The minute's start, UTC.")
+    new: int
+    duplicate: int
+    flagged: int = Field(description="Stored but flagged (counted as flagged only).")
+    refused: int = Field(description="Refused (401, 413, 415, 503, 400): never stored.")
+
+
+class ProjectionLagAnswer(Answer):
+    name: str
+    lag_seconds: float = Field(
+        description="Age of the oldest delivery not folded yet; 0 when caught up."
+    )
+
+
+class ProcessStats(Answer):
+    """What this process counted, by minute, and how far each projection lags right now."""
+
+    deliveries_per_minute: list[MinuteDeliveries] = Field(
+        description="Oldest first; the last is the current, partial minute."
+    )
+    projections: list[ProjectionLagAnswer]
 
 
 class FoldError(Answer):
@@ -185,6 +212,7 @@ ANSWERS: tuple[type[Answer], ...] = (
     AuditEventDetail,
     Projections,
     FoldErrorList,
+    ProcessStats,
     Health,
     Ready,
     NotReady,

@@ -11,7 +11,7 @@ from functools import partial
 import structlog
 from aiohttp import web
 
-from projector import api, apidocs, changes, health, log, metrics, projection, replay
+from projector import api, apidocs, changes, health, log, metrics, projection, replay, ui
 from projector.answercache import AnswerCache
 from projector.config import Settings
 from projector.readers import AccountReads, ReaderPool
@@ -147,5 +147,6 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
     )
     api.add_query_routes(app)
     apidocs.add_document_routes(app)
+    ui.add_ui_routes(app)
     metrics.install(app, settings, observed, lane, readers, watch)
     return app

@@ -22,7 +22,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from projector import health
+from projector import health, stats
 from projector.config import Settings
 from projector.http import Handler
 from projector.readers import ReaderPool
@@ -116,6 +116,8 @@ class Metrics:
             ["route", "method", "status"],
             registry=registry,
         )
+        # The operator page's chart: refusals are never stored, so only the process counts them.
+        self.per_minute = stats.DeliveryMinutes()
         self.http_seconds = Histogram(
             "projector_http_request_seconds",
             "Time to answer an HTTP request, by route template.",
@@ -127,6 +129,12 @@ class Metrics:
         """Count one stored delivery; a flagged one counts as flagged only."""
         outcome = "flagged" if flagged else "duplicate" if duplicate else "new"
         self.deliveries.labels(environment, outcome).inc()
+        self.per_minute.count(outcome)
+
+    def refusal(self, status: int, reason: str) -> None:
+        """Count one refused delivery."""
+        self.refused.labels(str(status), reason).inc()
+        self.per_minute.count("refused")
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""
@@ -214,5 +222,6 @@ def install(
     app[METRICS] = metrics
     app[health.PROJECTOR] = projector
     app.router.add_get("/metrics", make_metrics_handler(metrics, readers))
+    app.router.add_get("/v1/stats", stats.make_stats_handler(metrics.per_minute, readers))
     max_lag = settings.ready_max_lag_seconds
     app.router.add_get("/readyz", health.make_readyz(lane, readers, projector, max_lag))

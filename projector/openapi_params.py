@@ -116,6 +116,12 @@ SEQ = Param(
     "A delivery's position in the log.",
     3,
 )
+MINUTES = Param(
+    "minutes",
+    "query",
+    {"type": "integer", "minimum": 1, "maximum": 60, "default": 60},
+    "How many minutes back, the current one included (1..60, default 60).",
+)
 PROJECTION = Param(
     "name",
     "path",

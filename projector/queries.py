@@ -14,7 +14,6 @@ from projector.fold.workflows import STATUS_PRECEDENCE
 from projector.http import header_text
 from projector.integrity import GENESIS_HASH
 from projector.json_body import load_json_object
-from projector.projection import STATUS_QUERY
 from projector.readers import AccountReads, fetch_rows
 
 
@@ -319,16 +318,25 @@ async def audit_event(
     )
 
 
+# Errors count only in the projection's current generation: a rebuild starts clean.
+_PROJECTIONS_QUERY = (
+    "SELECT p.name, p.version, p.position, (SELECT count(*) FROM projection_errors e"
+    " WHERE e.name = p.name AND e.generation = p.generation), p.generation"
+    " FROM projections p ORDER BY p.name"
+)
+
+
 async def projection_states(conn: aiosqlite.Connection) -> answers.Projections:
     """The log head and where every projection stands."""
     head = await fetch_rows(conn, "SELECT seq, row_hash FROM deliveries ORDER BY seq DESC LIMIT 1")
-    rows = await fetch_rows(conn, STATUS_QUERY)
+    rows = await fetch_rows(conn, _PROJECTIONS_QUERY)
     seq, head_hash = head[0] if head else (0, GENESIS_HASH)
     return answers.Projections(
         log_head=seq,
         log_head_hash=head_hash,
         projections=[
-            answers.ProjectionState(name=n, version=v, position=p, errors=e) for n, v, p, e in rows
+            answers.ProjectionState(name=n, version=v, position=p, errors=e, generation=g)
+            for n, v, p, e, g in rows
         ],
     )
 

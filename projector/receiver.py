@@ -29,7 +29,7 @@ _WARNING_STATUSES = frozenset({401, 503})
 
 def log_refusal(request: web.Request, refusal: ApiError, metrics: Metrics) -> None:
     """The one log line (and count) of a refused delivery: why, who sent how much; no content."""
-    metrics.refused.labels(str(refusal.status), refusal.code).inc()
+    metrics.refusal(refusal.status, refusal.code)
     log = logger.warning if refusal.status in _WARNING_STATUSES else logger.info
     log(
         "delivery_refused",

@@ -123,7 +123,15 @@ def test_every_get_answered_whole_documents_its_etag_and_304(
 
 def test_the_open_routes_need_no_token() -> None:
     open_routes = {path for _, path, op in OPERATIONS if op["security"] == []}
-    assert open_routes == {"/healthz", "/readyz", "/openapi.json", "/docs"}
+    assert open_routes == {
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/docs",
+        "/ui",
+        "/ui/ui.js",
+        "/ui/ui.css",
+    }
 
 
 def test_the_receiver_documents_its_signature_and_every_refusal() -> None:
