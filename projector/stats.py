@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from projector import answers, health
-from projector.api import _params
+from projector.api import query_params
 from projector.http import ApiError, Handler, json_answer
 from projector.readers import ReaderPool
 
@@ -69,7 +69,7 @@ def make_stats_handler(per_minute: DeliveryMinutes, readers: ReaderPool) -> Hand
     """`GET /v1/stats`: this process's deliveries per minute, and each projection's lag now."""
 
     async def stats(request: web.Request) -> web.Response:
-        minutes = _minutes(_params(request, ("minutes",)))
+        minutes = _minutes(query_params(request, ("minutes",)))
         status = await health.storage_status(readers, datetime.now(UTC))
         return json_answer(
             answers.ProcessStats(
