@@ -154,6 +154,10 @@ class ProjectionLagAnswer(Answer):
     lag_seconds: float = Field(
         description="Age of the oldest delivery not folded yet; 0 when caught up."
     )
+    last_rebuild_at: str | None = Field(
+        description="When the last rebuild (the current generation) was swapped in, ISO 8601 "
+        "UTC; null for a database rebuilt only by a release without this record."
+    )
 
 
 class ProcessStats(Answer):

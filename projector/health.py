@@ -63,6 +63,7 @@ class ProjectionLag:
     position: int
     errors: int
     lag_seconds: float
+    rebuilt_at: str | None  # when its current generation was swapped in (ISO 8601, UTC)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ SELECT head.seq, p.name, p.position,
      WHERE e.name = p.name AND e.generation = p.generation),
     CASE WHEN p.position < head.seq THEN
         (SELECT received_at FROM deliveries d WHERE d.seq > p.position ORDER BY d.seq LIMIT 1)
-    END
+    END,
+    (SELECT finished_at FROM rebuilds r WHERE r.generation = p.generation)
 FROM head LEFT JOIN projections p ORDER BY p.name
 """
 
@@ -97,13 +99,13 @@ async def storage_status(readers: ReaderPool, now: datetime) -> StorageStatus:
     async with readers.connection() as conn:
         rows = await fetch_rows(conn, _STATUS_QUERY)
     projections = []
-    for _head, name, position, errors, oldest in rows:
+    for _head, name, position, errors, oldest, rebuilt_at in rows:
         if name is None:  # no projection yet
             continue
         lag = 0.0
         if oldest is not None:
             lag = max(0.0, (now - datetime.fromisoformat(oldest)).total_seconds())
-        projections.append(ProjectionLag(name, position, errors, lag))
+        projections.append(ProjectionLag(name, position, errors, lag, rebuilt_at))
     return StorageStatus(int(rows[0][0]), tuple(projections))
 
 

@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS projection_errors (
     name TEXT NOT NULL, generation INTEGER NOT NULL, seq INTEGER NOT NULL, error TEXT NOT NULL,
     PRIMARY KEY (name, generation, seq)
 );
-CREATE TABLE IF NOT EXISTS rebuild_claims (generation INTEGER PRIMARY KEY)
+CREATE TABLE IF NOT EXISTS rebuild_claims (generation INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS rebuilds (generation INTEGER PRIMARY KEY, finished_at TEXT NOT NULL)
 """
 
 

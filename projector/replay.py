@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import structlog
 
 from projector import integrity, log
-from projector.events import parse_change
+from projector.events import format_instant, parse_change
 from projector.log import insert_many
 from projector.projection import fold_changes, prepare, read_changes, record_errors
 from projector.readmodels import READ_MODELS, FoldError, ReadModel
@@ -36,7 +37,11 @@ REBUILD_CHUNK = 2000
 PARALLEL_FROM = 100_000
 
 
-def rebuild(conn: sqlite3.Connection, chunk: int = REBUILD_CHUNK) -> int:
+def rebuild(
+    conn: sqlite3.Connection,
+    chunk: int = REBUILD_CHUNK,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> int:
     """Replay the whole log into fresh tables and swap them in atomically; returns the head.
 
     Each read model reads its rows of the log sorted by key, so a key's events arrive
@@ -87,6 +92,11 @@ def rebuild(conn: sqlite3.Connection, chunk: int = REBUILD_CHUNK) -> int:
             )
         conn.execute("DELETE FROM projection_errors WHERE generation < ?", (generation,))
         conn.execute("DELETE FROM rebuild_claims")
+        # When each generation was swapped in: operators ask when the last rebuild ran.
+        conn.execute(
+            "INSERT OR REPLACE INTO rebuilds (generation, finished_at) VALUES (?, ?)",
+            (generation, format_instant(clock())),
+        )
     logger.info("rebuild_done", position=position, generation=generation)
     return position
 

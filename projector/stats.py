@@ -75,7 +75,11 @@ def make_stats_handler(per_minute: DeliveryMinutes, readers: ReaderPool) -> Hand
             answers.ProcessStats(
                 deliveries_per_minute=per_minute.last(minutes),
                 projections=[
-                    answers.ProjectionLagAnswer(name=p.name, lag_seconds=round(p.lag_seconds, 3))
+                    answers.ProjectionLagAnswer(
+                        name=p.name,
+                        lag_seconds=round(p.lag_seconds, 3),
+                        last_rebuild_at=p.rebuilt_at,
+                    )
                     for p in status.projections
                 ],
             )

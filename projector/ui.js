@@ -69,12 +69,14 @@ async function loadProjections() {
   const [state, stats] = await Promise.all([api("v1/projections"), api("v1/stats")]);
   $("log-head").textContent = state.log_head;
   $("log-head-hash").textContent = "hash " + state.log_head_hash.slice(0, 16) + "…";
-  const lag = Object.fromEntries(stats.projections.map((p) => [p.name, p.lag_seconds]));
+  const now = Object.fromEntries(stats.projections.map((p) => [p.name, p]));
   const tbody = $("projections").tBodies[0];
   const rows = state.projections.map((p) => {
-    const seconds = lag[p.name] || 0;
+    const seconds = (now[p.name] && now[p.name].lag_seconds) || 0;
+    const rebuilt = now[p.name] && now[p.name].last_rebuild_at;
     const tr = row([p.name, p.position, state.log_head - p.position, seconds.toFixed(1) + " s",
-      p.errors, p.generation + (p.generation > 1 ? " (rebuilt " + (p.generation - 1) + "×)" : "")]);
+      p.errors, (rebuilt ? rebuilt.replace("T", " ").replace(/\.\d+Z$|Z$/, " UTC") : "unknown") +
+      " (build " + p.generation + ")"]);
     tr.dataset.projection = p.name;
     if (seconds > 30) tr.cells[3].className = "lagging";
     return tr;

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from projector import log, replay
 from projector.app import build_app
 from projector.config import load_settings
 from projector.stats import WINDOW_MINUTES, DeliveryMinutes
@@ -105,9 +106,9 @@ async def test_stats_give_each_projection_lag_zero_when_caught_up(client: TestCl
     assert await post(client, connection_body()) == 200
     await wait_projected(client)
     answer = await stats(client)
-    assert answer["projections"] == [
-        {"name": "connection_health", "lag_seconds": 0.0},
-        {"name": "workflow_runs", "lag_seconds": 0.0},
+    assert [(p["name"], p["lag_seconds"]) for p in answer["projections"]] == [
+        ("connection_health", 0.0),
+        ("workflow_runs", 0.0),
     ]
 
 
@@ -152,4 +153,25 @@ async def test_projections_answer_their_generation_and_a_rebuild_adds_one(
     deadline = time.monotonic() + 10
     while (seen := await generations(client)) != {"connection_health": 2, "workflow_runs": 2}:
         assert time.monotonic() < deadline, f"generation after a rebuild: {seen}"
+        await asyncio.sleep(0.05)
+
+
+async def test_stats_say_when_each_projections_last_rebuild_was_swapped_in(
+    client: TestClient, db_path: Path
+) -> None:
+    """The start-up build of a new database counts; a later rebuild replaces its time."""
+    started = [p["last_rebuild_at"] for p in (await stats(client))["projections"]]
+    assert len(started) == 2
+    assert all(at is not None and at.endswith("Z") for at in started), started
+    conn = log.connect(db_path)
+    try:
+        at = datetime(2026, 7, 1, 12, 30, 5, tzinfo=UTC)
+        await asyncio.to_thread(replay.rebuild, conn, clock=lambda: at)
+    finally:
+        conn.close()
+    deadline = time.monotonic() + 10  # the readers see the swap on their next read; bounded
+    while (seen := [p["last_rebuild_at"] for p in (await stats(client))["projections"]]) != [
+        "2026-07-01T12:30:05Z"
+    ] * 2:
+        assert time.monotonic() < deadline, seen
         await asyncio.sleep(0.05)
