@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from projector import answers, health
-from projector.api import query_params
+from projector.api import environment_param, query_params
 from projector.http import ApiError, Handler, json_answer
 from projector.readers import ReaderPool
 
@@ -69,7 +69,9 @@ def make_stats_handler(per_minute: DeliveryMinutes, readers: ReaderPool) -> Hand
     """`GET /v1/stats`: this process's deliveries per minute, and each projection's lag now."""
 
     async def stats(request: web.Request) -> web.Response:
-        minutes = _minutes(query_params(request, ("minutes",)))
+        params = query_params(request, ("minutes",))
+        environment_param(params)  # both environments are counted; a typo is still a 400
+        minutes = _minutes(params)
         status = await health.storage_status(readers, datetime.now(UTC))
         return json_answer(
             answers.ProcessStats(

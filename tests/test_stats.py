@@ -175,3 +175,12 @@ async def test_stats_say_when_each_projections_last_rebuild_was_swapped_in(
     ] * 2:
         assert time.monotonic() < deadline, seen
         await asyncio.sleep(0.05)
+
+
+async def test_stats_check_an_environment_they_are_given(client: TestClient) -> None:
+    """Both environments are counted together, but a typo is a 400, never ignored."""
+    answer = await client.get("/v1/stats", params={"environment": "xyz"}, headers=AUTH)
+    assert answer.status == 400
+    assert (await answer.json())["error"]["code"] == "invalid_environment"
+    fine = await client.get("/v1/stats", params={"environment": "test"}, headers=AUTH)
+    assert fine.status == 200
