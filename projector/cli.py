@@ -1,4 +1,4 @@
-"""The `projector` command: serve, rebuild, verify, backup, send, events, schemas."""
+"""The `projector` command: serve, rebuild, verify, backup, send, events, schemas, subscribe..."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from projector import database, integrity, log, projection, queries, replay, schemas, server
+from projector.cli_subscriptions import add_commands as add_subscription_commands
 from projector.cliargs import EPILOGS, log_position, package_version, whole_number
 from projector.config import ConfigError, Settings, load_settings, normalise_environment
 from projector.flags import flag_argument
@@ -333,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="write nothing; exit 1 if the files are out of date"
     )
     schema.set_defaults(run=cmd_schemas)
+    add_subscription_commands(lambda name, summary: _command(commands, name, summary))
     return parser
 
 

@@ -47,6 +47,15 @@ def _epilog(reads: str, exits: str, example: str) -> str:
     return f"reads:\n{reads}\nexit codes:\n{exits}\nexample:\n  {example}\n"
 
 
+_KEYS_FOR_REFOLD = (
+    "  PROJECTOR_SIGNING_KEYS environment:api_key pairs; each environment's first key\n"
+    "                         is its API key for Refold (required)\n"
+    "  PROJECTOR_REFOLD_API   Refold's API (default https://app.refold.ai)\n"
+    "  PROJECTOR_REFOLD_TIMEOUT_SECONDS  bound on each call to Refold (default 10)\n"
+)
+_REFOLD_EXITS = "  1  Refold refused a call or did not answer: one line says which and why\n"
+
+
 EPILOGS = {
     "serve": _epilog(
         "  PROJECTOR_SIGNING_KEYS environment:api_key pairs (required)\n"
@@ -96,5 +105,27 @@ EPILOGS = {
         "  1  with --check: some files are out of date (each is printed)\n"
         "  2  with --check: there is no schemas folder at --out\n",
         "projector schemas --check   (in the project folder)",
+    ),
+    "subscribe": _epilog(
+        _KEYS_FOR_REFOLD,
+        "  0  subscribed: each environment's line says created, updated or left as it was\n"
+        + _REFOLD_EXITS
+        + "  2  a configuration error, an unknown event, or an http:// URL without\n"
+        "     --allow-http, named in one line (nothing was done)\n",
+        "projector subscribe https://projector.example.com/webhooks/refold",
+    ),
+    "subscriptions": _epilog(
+        _KEYS_FOR_REFOLD
+        + "  PROJECTOR_PUBLIC_URL   this service's public address; its subscriptions are\n"
+        "                         marked, and only they count as covering an event\n",
+        "  0  listed\n" + _REFOLD_EXITS + _CONFIG_ERROR,
+        "PROJECTOR_PUBLIC_URL=https://projector.example.com projector subscriptions",
+    ),
+    "unsubscribe": _epilog(
+        _KEYS_FOR_REFOLD,
+        "  0  every subscription to URL is deleted (or there was none)\n"
+        + _REFOLD_EXITS
+        + _CONFIG_ERROR,
+        "projector unsubscribe https://projector.example.com/webhooks/refold --environment test",
     ),
 }

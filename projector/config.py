@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -119,6 +120,10 @@ class Settings(BaseSettings):
     # /readyz answers 503 once a projection's oldest unfolded delivery is older than this.
     ready_max_lag_seconds: float = 30.0
     access_log: bool = False  # one structured line per request
+    # Where Refold reaches this service (for `projector subscriptions`), and Refold's API.
+    public_url: str | None = None
+    refold_api: str = "https://app.refold.ai"
+    refold_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
     @field_validator("signing_keys", mode="before")
     @classmethod
@@ -137,12 +142,35 @@ class Settings(BaseSettings):
     def _access_log(cls, value: Any) -> bool:
         return parse_switch("PROJECTOR_ACCESS_LOG", value)
 
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _public_url(cls, value: Any) -> str | None:
+        text = str(value).strip() if value is not None else ""
+        return parse_base_url("PROJECTOR_PUBLIC_URL", text, "https://projector.example.com") or None
+
+    @field_validator("refold_api", mode="before")
+    @classmethod
+    def _refold_api(cls, value: Any) -> str:
+        return parse_base_url("PROJECTOR_REFOLD_API", str(value).strip(), "https://app.refold.ai")
+
     @field_validator("read_tokens", mode="before")
     @classmethod
     def _tokens(cls, value: Any) -> tuple[bytes, ...]:
         if isinstance(value, str):
             return parse_read_tokens(value)
         return tuple(v.encode() if isinstance(v, str) else v for v in value)
+
+
+_BASE_URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
+
+
+def parse_base_url(name: str, raw: str, example: str) -> str:
+    """An http(s) address without query or fragment, without its trailing slash ('' stays '')."""
+    if raw and not _BASE_URL.fullmatch(raw):
+        raise ConfigError(
+            f"{name} is {raw[:60]!r}; set it to an http:// or https:// address such as {example}"
+        )
+    return raw.rstrip("/")
 
 
 def parse_max_lag(raw: object) -> float:

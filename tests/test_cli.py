@@ -39,6 +39,9 @@ COMMANDS = {
     "send": "sign each line",
     "events": "audit trail",
     "schemas": "JSON Schemas",
+    "subscribe": "subscribe URL to Refold's webhooks",
+    "subscriptions": "list Refold's webhook subscriptions",
+    "unsubscribe": "delete every Refold webhook subscription to URL",
 }
 
 
@@ -96,6 +99,7 @@ def test_no_command_is_a_usage_error(db_path: Path) -> None:
 
 # What each command's --help must name: the PROJECTOR_* variables it reads, its exit codes.
 LOGS = {"PROJECTOR_LOG_FORMAT", "PROJECTOR_LOG_LEVEL"}
+REFOLD = {"PROJECTOR_SIGNING_KEYS", "PROJECTOR_REFOLD_API", "PROJECTOR_REFOLD_TIMEOUT_SECONDS"}
 READS = {
     "serve": {
         "PROJECTOR_SIGNING_KEYS",
@@ -113,6 +117,9 @@ READS = {
     "send": {"PROJECTOR_SIGNING_KEYS", *LOGS},
     "events": {"PROJECTOR_DB", *LOGS},
     "schemas": set(),
+    "subscribe": REFOLD,
+    "subscriptions": {*REFOLD, "PROJECTOR_PUBLIC_URL"},
+    "unsubscribe": REFOLD,
 }
 EXIT_CODES = {
     "serve": ["0", "2"],
@@ -122,6 +129,9 @@ EXIT_CODES = {
     "send": ["0", "1", "2"],
     "events": ["0", "2"],
     "schemas": ["0", "1", "2"],
+    "subscribe": ["0", "1", "2"],
+    "subscriptions": ["0", "1", "2"],
+    "unsubscribe": ["0", "1", "2"],
 }
 
 
