@@ -12,9 +12,8 @@ from pathlib import Path
 
 from projector import database, integrity, log, projection, queries, replay, schemas, server
 from projector.cli_subscriptions import add_commands as add_subscription_commands
-from projector.cliargs import EPILOGS, log_position, package_version, whole_number
+from projector.cliargs import EPILOGS, flag_argument, log_position, package_version, whole_number
 from projector.config import ConfigError, Settings, load_settings, normalise_environment
-from projector.flags import flag_argument
 from projector.logs import configure_logging
 from projector.readers import ReaderPool
 from projector.sender import send_bodies, terminal_progress

@@ -7,6 +7,8 @@ import re
 from collections.abc import Callable
 from importlib import metadata
 
+from projector.flags import flag_problem
+
 _DIGITS = re.compile(r"[0-9]{1,18}")  # ASCII digits only, and what SQLite's integers hold
 
 
@@ -28,6 +30,14 @@ def log_position(value: str) -> int:
     if not _DIGITS.fullmatch(value):
         raise argparse.ArgumentTypeError("after must be a log position (0 or more)")
     return int(value)
+
+
+def flag_argument(value: str) -> str:
+    """`projector events --flag NAME`: the same check, in the same words, as the API's."""
+    problem = flag_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return value
 
 
 def package_version() -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 
 # Every flag parse_delivery gives: one of these, or a field flag such as missing_field:slug.
@@ -31,11 +30,3 @@ def flag_problem(name: str) -> str | None:
             return None
         return f"flag {name[:120]!r} must name the field, as in {kind}:slug"
     return f"flag {name[:60]!r} is not a flag deliveries carry; use one of {_CHOICES}"
-
-
-def flag_argument(value: str) -> str:
-    """`projector events --flag NAME`: the same check, in the same words, as the API's."""
-    problem = flag_problem(value)
-    if problem is not None:
-        raise argparse.ArgumentTypeError(problem)
-    return value
