@@ -121,3 +121,9 @@ async def open_stream(
     assert opening is not None
     assert "id" in opening.fields
     return stream
+
+
+async def get_body(http: aiohttp.ClientSession, url: str) -> bytes:
+    async with http.get(url, headers=AUTH) as answer:
+        assert answer.status == 200, await answer.text()
+        return await answer.read()

@@ -6,6 +6,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck
@@ -73,3 +74,10 @@ async def account_reads(populated: Path) -> AsyncIterator[AccountReads]:
     """Shared banner reads over a reader pool on the populated log."""
     async with ReaderPool(populated) as pool:
         yield AccountReads(pool)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for tests that talk to a server by URL."""
+    async with aiohttp.ClientSession() as session:
+        yield session

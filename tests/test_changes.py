@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,14 @@ from projector import queries
 from projector.app import build_app
 from projector.changes import STREAM_SOCKET_BUFFER
 from projector.config import load_settings
-from tests.changes_support import RawStream, connection_body, deliver, open_stream, run_body
+from tests.changes_support import (
+    RawStream,
+    connection_body,
+    deliver,
+    get_body,
+    open_stream,
+    run_body,
+)
 from tests.support import AUTH, READ_TOKEN, SIGNING_KEYS, TEST_KEY, Service
 
 Serve = Callable[..., Awaitable[str]]
@@ -35,18 +42,6 @@ async def serve(aiohttp_server: Any, db_path: Path) -> Serve:  # type: ignore[mi
         return str(server.make_url("")).rstrip("/")
 
     return start
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def get_body(http: aiohttp.ClientSession, url: str) -> bytes:
-    async with http.get(url, headers=AUTH) as answer:
-        assert answer.status == 200, await answer.text()
-        return await answer.read()
 
 
 async def test_each_folded_delivery_is_sent_as_the_answer_get_gives_with_its_seq_as_id(

@@ -24,8 +24,8 @@ from projector.client import (
     WorkflowRunChanged,
 )
 from projector.config import Settings, load_settings
-from tests.changes_support import connection_body, deliver, open_stream, run_body
-from tests.support import AUTH, READ_TOKEN, REPO, SIGNING_KEYS, free_port
+from tests.changes_support import connection_body, deliver, get_body, open_stream, run_body
+from tests.support import READ_TOKEN, REPO, SIGNING_KEYS, free_port
 
 
 @pytest.fixture
@@ -36,20 +36,12 @@ async def server(settings: Settings) -> AsyncIterator[TestServer]:
     await running.close()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def url_of(server: TestServer) -> str:
     return str(server.make_url("")).rstrip("/")
 
 
 async def get_json(http: aiohttp.ClientSession, url: str) -> Any:
-    async with http.get(url, headers=AUTH) as answer:
-        assert answer.status == 200, await answer.text()
-        return await answer.json()
+    return json.loads(await get_body(http, url))
 
 
 async def test_every_query_returns_the_answer_model_of_what_get_answers(

@@ -193,18 +193,23 @@ async def test_log_head_positions_and_lag_are_read_at_scrape_time(client: TestCl
 async def test_lag_is_the_age_of_the_oldest_delivery_a_projection_has_not_folded(
     aiohttp_client: Any, db_path: Path
 ) -> None:
-    """A stalled projector (checkpoints refused) leaves a delivery received an hour ago."""
-    settings = load_settings(db=db_path, signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN)
-    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    client = await aiohttp_client(build_app(settings, clock=lambda: an_hour_ago))
-    stall_projections(db_path)
-    assert await post(client, connection_body()) == 200
+    client = await with_an_hour_old_backlog(aiohttp_client, db_path)
     samples = await scrape(client)
     assert value(samples, "projector_log_head_seq") == 1
     for name in ("connection_health", "workflow_runs"):
         assert value(samples, "projector_projection_position", projection=name) == 0
         lag = value(samples, "projector_projection_lag_seconds", projection=name)
         assert 3600 <= lag < 2 * 3600
+
+
+async def with_an_hour_old_backlog(aiohttp_client: Any, db_path: Path) -> TestClient:
+    """A stalled projector (checkpoints refused) and one delivery received an hour ago."""
+    settings = load_settings(db=db_path, signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN)
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    client: TestClient = await aiohttp_client(build_app(settings, clock=lambda: an_hour_ago))
+    stall_projections(db_path)
+    assert await post(client, connection_body()) == 200
+    return client
 
 
 def stall_projections(db: Path) -> None:

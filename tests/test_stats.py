@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 from projector import log, replay
-from projector.app import build_app
-from projector.config import load_settings
 from projector.stats import WINDOW_MINUTES, DeliveryMinutes
 from tests.support import (
     AUTH,
-    READ_TOKEN,
-    SIGNING_KEYS,
     run_cli,
     service_env,
     signed,
     wait_projected,
 )
-from tests.test_metrics import connection_body, stall_projections
+from tests.test_metrics import connection_body, with_an_hour_old_backlog
 
 WEBHOOK = "/webhooks/refold"
 
@@ -115,11 +111,7 @@ async def test_stats_give_each_projection_lag_zero_when_caught_up(client: TestCl
 async def test_stats_give_the_age_of_the_oldest_unfolded_delivery(
     aiohttp_client: Any, db_path: Path
 ) -> None:
-    settings = load_settings(db=db_path, signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN)
-    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    client = await aiohttp_client(build_app(settings, clock=lambda: an_hour_ago))
-    stall_projections(db_path)
-    assert await post(client, connection_body()) == 200
+    client = await with_an_hour_old_backlog(aiohttp_client, db_path)
     for projection in (await stats(client))["projections"]:
         assert 3600 <= projection["lag_seconds"] < 2 * 3600
 
