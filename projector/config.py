@@ -11,6 +11,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from projector.storage.location import Location, parse_location
+
 ENVIRONMENTS = ("test", "live")
 # Refold's pages say "live" in some places and "production" in others: one environment.
 ENVIRONMENT_ALIASES = {"test": "test", "live": "live", "production": "live"}
@@ -101,7 +103,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PROJECTOR_", extra="ignore")
 
-    db: Path = Path("data/projector.sqlite3")
+    # A SQLite file, or a postgresql:// URL (projector.storage.location).
+    db: Annotated[Location, NoDecode] = Path("data/projector.sqlite3")
     signing_keys: Annotated[tuple[SigningKey, ...], NoDecode] = Field(default=(), repr=False)
     read_tokens: Annotated[tuple[bytes, ...], NoDecode] = Field(default=(), repr=False)
     host: str = "127.0.0.1"
@@ -131,6 +134,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return parse_signing_keys(value)
         return tuple(value)
+
+    @field_validator("db", mode="before")
+    @classmethod
+    def _db(cls, value: Any) -> Location:
+        try:
+            return parse_location(value)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     @field_validator("ready_max_lag_seconds", mode="before")
     @classmethod

@@ -11,11 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from projector import integrity
-from projector.events import ConnectionChange, ParsedDelivery, WorkflowOutcome
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, hashed_rows, head_hash, row_hash
+from projector.storage.port import (
+    Appended,
+    Change,
+    LoggedDelivery,
+    LogSchemaError,
+    NewDelivery,
+    row_content,
+)
 
 LOG_SCHEMA_VERSION = 3
-Change = ConnectionChange | WorkflowOutcome
 
 _CREATE_LOG = """
     CREATE TABLE deliveries (
@@ -91,89 +97,11 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
 )
 
 
-class LogSchemaError(Exception):
-    """The database was written by a newer version of refold-projector."""
-
-
-@dataclass(frozen=True)
-class NewDelivery:
-    """A verified delivery, parsed, ready to append."""
-
-    received_at: str
-    environment: str
-    key_id: str
-    signed_as: str
-    headers: dict[str, str]
-    body: bytes
-    event: str | None
-    kind: str | None
-    linked_account_id: str | None
-    slug: str | None
-    instance_id: str | None
-    event_key: str
-    flags: tuple[str, ...]
-    # Not stored: what the projectors will fold, handed on so the live projector need not
-    # parse the body again (a rebuild parses it, with the same function).
-    change: Change | None = None
-
-    @classmethod
-    def verified(
-        cls,
-        body: bytes,
-        parsed: ParsedDelivery,
-        *,
-        environment: str,
-        received_at: str,
-        key_id: str,
-        signed_as: str,
-        headers: dict[str, str],
-    ) -> NewDelivery:
-        """The row for a verified body, with the fields `parse_delivery` read from it."""
-        return cls(
-            received_at,
-            environment,
-            key_id,
-            signed_as,
-            headers,
-            body,
-            parsed.event,
-            parsed.kind,
-            parsed.linked_account_id,
-            parsed.slug,
-            parsed.instance_id,
-            parsed.event_key,
-            parsed.flags,
-            parsed.change,
-        )
-
-
-@dataclass(frozen=True)
-class Appended:
-    """Where a delivery landed, and the earlier delivery it repeats, if any."""
-
-    seq: int
-    duplicate_of: int | None
-
-
 @dataclass(frozen=True)
 class Committed:
     """What the projectors need of a delivery this process just appended: its change."""
 
     change: Change | None
-
-
-@dataclass(frozen=True)
-class LoggedDelivery:
-    """One row of the log, as the projectors and the audit queries read it."""
-
-    seq: int
-    received_at: str
-    environment: str
-    event: str | None
-    linked_account_id: str | None
-    flags: tuple[str, ...]
-    duplicate_of: int | None
-    body: bytes
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -264,8 +192,6 @@ def head(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
-# Built once (json.dumps with keywords builds an encoder per call); the writer uses it per row.
-_SORTED_JSON = json.JSONEncoder(sort_keys=True)
 _INSERT_DELIVERY = f"INSERT INTO deliveries ({', '.join(HASHED_COLUMNS)}, row_hash)"
 
 
@@ -305,27 +231,6 @@ def append_batch(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list
     # fsynced: one fsync for the whole batch is what makes group commit pay.
     with transaction(conn):
         return append_rows(conn, batch)
-
-
-def row_content(seq: int, delivery: NewDelivery, duplicate_of: int | None) -> tuple[Any, ...]:
-    """The stored columns of `delivery` at `seq`, in HASHED_COLUMNS order."""
-    return (
-        seq,
-        delivery.received_at,
-        delivery.environment,
-        delivery.key_id,
-        delivery.signed_as,
-        _SORTED_JSON.encode(delivery.headers),
-        delivery.body,
-        delivery.event,
-        delivery.kind,
-        delivery.linked_account_id,
-        delivery.slug,
-        delivery.instance_id,
-        delivery.event_key,
-        "[]" if not delivery.flags else json.dumps(list(delivery.flags)),
-        duplicate_of,
-    )
 
 
 def append_rows(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[Appended]:

@@ -11,8 +11,8 @@ from typing import Any
 import structlog
 
 from projector import log
-from projector.events import ConnectionChange, WorkflowOutcome, parse_change
-from projector.readmodels import READ_MODELS, FoldError, ReadModel
+from projector.readmodels import READ_MODELS, Changes, FoldError, ReadModel, read_changes
+from projector.storage.sqlite import tables
 
 logger = structlog.get_logger("projector.projection")
 
@@ -75,27 +75,6 @@ def statuses(conn: sqlite3.Connection) -> list[ProjectionStatus]:
     return [ProjectionStatus(*row) for row in rows]
 
 
-Changes = list[tuple[int, ConnectionChange | WorkflowOutcome]]
-
-
-def read_changes(deliveries: Sequence[log.LoggedDelivery]) -> tuple[Changes, list[FoldError]]:
-    """Parse each delivery once, for every projection: its change, or why it has none."""
-    changes: Changes = []
-    errors = []
-    for delivery in deliveries:
-        # Duplicates are folded too. The folds are idempotent, so a true repeat changes
-        # nothing; and a `duplicate_of` recorded by an older release (one that matched a
-        # valid event to a flagged one) must not keep a valid event out of the read models.
-        try:
-            change = parse_change(delivery.body, delivery.environment)
-        except Exception as exc:  # parse_change should never raise; if it does, go on
-            errors.append(FoldError(delivery.seq, f"{type(exc).__name__}: {exc}"))
-            continue
-        if change is not None:
-            changes.append((delivery.seq, change))
-    return changes, errors
-
-
 def fold_changes(
     conn: sqlite3.Connection,
     model: ReadModel[Any, Any],
@@ -106,7 +85,7 @@ def fold_changes(
     """Fold into `table` the changes of this model's kind past `after`; returns the errors."""
     changes, parse_errors = read
     mine = [(seq, c) for seq, c in changes if seq > after and isinstance(c, model.change_type)]
-    return [e for e in parse_errors if e.seq > after] + model.apply(conn, table, mine)
+    return [e for e in parse_errors if e.seq > after] + tables.apply(conn, model, table, mine)
 
 
 def record_errors(

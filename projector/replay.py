@@ -19,6 +19,7 @@ from projector.events import format_instant, parse_change
 from projector.log import insert_many
 from projector.projection import fold_changes, prepare, read_changes, record_errors
 from projector.readmodels import READ_MODELS, FoldError, ReadModel
+from projector.storage.sqlite import tables
 
 logger = structlog.get_logger("projector.replay")
 
@@ -62,7 +63,7 @@ def rebuild(
         conn.execute("DELETE FROM projection_errors WHERE generation >= ?", (generation,))
         for model in READ_MODELS:
             conn.execute(f"DROP TABLE IF EXISTS {model.table}{REBUILD_SUFFIX}")
-            model.create_table(conn, model.table + REBUILD_SUFFIX)
+            tables.create_table(conn, model, model.table + REBUILD_SUFFIX)
         position = log.head(conn)
         # Rows 1..position, no more (the sorted reads bound seq) and no fewer: past a gap
         # `projector verify` proves nothing, so a log with one is not folded at all.
@@ -142,7 +143,7 @@ def _fill(
     with log.transaction(conn):
         _check_claim(conn, generation)
         for model in READ_MODELS:
-            model.create_indexes(conn, model.table + REBUILD_SUFFIX, generation)
+            tables.create_indexes(conn, model, model.table + REBUILD_SUFFIX, generation)
 
 
 def _fill_model(

@@ -1,0 +1,339 @@
+"""The storage port: everything the receiver, projector, API and CLI need of a database.
+
+Two adapters implement it, `storage.sqlite` (the embedded default) and `storage.postgres`
+(several processes on one database server). All SQL lives in them and in `storage.sql`,
+the read queries both engines speak; nothing outside `projector/storage/` imports a driver.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from projector import answers
+from projector.events import ConnectionChange, ParsedDelivery, WorkflowOutcome
+from projector.integrity import ChainReport, Value
+
+Change = ConnectionChange | WorkflowOutcome
+
+
+class Overloaded(Exception):
+    """More deliveries are waiting for the log than the configured bound: answer 503."""
+
+
+class StorageUnavailable(Exception):
+    """The log could not commit (or cannot be reached); nothing from that batch was stored."""
+
+
+class LogSchemaError(Exception):
+    """The database was written by another version of refold-projector."""
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A verified delivery, parsed, ready to append."""
+
+    received_at: str
+    environment: str
+    key_id: str
+    signed_as: str
+    headers: dict[str, str]
+    body: bytes
+    event: str | None
+    kind: str | None
+    linked_account_id: str | None
+    slug: str | None
+    instance_id: str | None
+    event_key: str
+    flags: tuple[str, ...]
+    # Not stored: what the projectors will fold, handed on so the live projector need not
+    # parse the body again (a rebuild parses it, with the same function).
+    change: Change | None = None
+
+    @classmethod
+    def verified(
+        cls,
+        body: bytes,
+        parsed: ParsedDelivery,
+        *,
+        environment: str,
+        received_at: str,
+        key_id: str,
+        signed_as: str,
+        headers: dict[str, str],
+    ) -> NewDelivery:
+        """The row for a verified body, with the fields `parse_delivery` read from it."""
+        return cls(
+            received_at,
+            environment,
+            key_id,
+            signed_as,
+            headers,
+            body,
+            parsed.event,
+            parsed.kind,
+            parsed.linked_account_id,
+            parsed.slug,
+            parsed.instance_id,
+            parsed.event_key,
+            parsed.flags,
+            parsed.change,
+        )
+
+
+# Built once (json.dumps with keywords builds an encoder per call); used for every row.
+_SORTED_JSON = json.JSONEncoder(sort_keys=True)
+
+
+def row_content(seq: int, delivery: NewDelivery, duplicate_of: int | None) -> tuple[Value, ...]:
+    """The stored columns of `delivery` at `seq`, in `integrity.HASHED_COLUMNS` order.
+
+    Both adapters store exactly these values and hash them with `integrity.row_hash`, so a
+    log keeps its hash chain, byte for byte, on either engine.
+    """
+    return (
+        seq,
+        delivery.received_at,
+        delivery.environment,
+        delivery.key_id,
+        delivery.signed_as,
+        _SORTED_JSON.encode(delivery.headers),
+        delivery.body,
+        delivery.event,
+        delivery.kind,
+        delivery.linked_account_id,
+        delivery.slug,
+        delivery.instance_id,
+        delivery.event_key,
+        "[]" if not delivery.flags else json.dumps(list(delivery.flags)),
+        duplicate_of,
+    )
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Where a delivery landed, and the earlier delivery it repeats, if any."""
+
+    seq: int
+    duplicate_of: int | None
+
+
+@dataclass(frozen=True)
+class LoggedDelivery:
+    """One row of the log, as the projectors and the audit queries read it."""
+
+    seq: int
+    received_at: str
+    environment: str
+    event: str | None
+    linked_account_id: str | None
+    flags: tuple[str, ...]
+    duplicate_of: int | None
+    body: bytes
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """One row exactly as stored: `integrity.HASHED_COLUMNS` in order, and its hash.
+
+    What `projector verify` walks and `projector copy` carries from one database to another.
+    """
+
+    content: tuple[Value, ...]
+    row_hash: str
+
+    @property
+    def seq(self) -> int:
+        return int(self.content[0])  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    """When the last batch of appends was committed or failed (time.monotonic)."""
+
+    at: float
+    succeeded: bool
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    """Where one projection stands."""
+
+    name: str
+    version: int
+    position: int
+    errors: int
+
+
+@dataclass(frozen=True)
+class ProjectionLag:
+    """Where one projection stands against the log, and how old its backlog is."""
+
+    name: str
+    position: int
+    errors: int
+    lag_seconds: float
+    rebuilt_at: str | None  # when its current generation was swapped in (ISO 8601, UTC)
+
+
+@dataclass(frozen=True)
+class StorageStatus:
+    """The log head and every projection's position, errors and lag."""
+
+    log_head: int
+    projections: tuple[ProjectionLag, ...]
+
+    @property
+    def max_lag_seconds(self) -> float:
+        return max((p.lag_seconds for p in self.projections), default=0.0)
+
+
+@dataclass(frozen=True)
+class ChangedRow:
+    """A clean delivery the change stream announces: its seq and what it changed."""
+
+    seq: int
+    kind: str
+    linked_account_id: str | None
+    instance_id: str | None
+
+
+class EventLog(Protocol):
+    """Appends to the log; each returns only once its delivery is durably stored."""
+
+    @property
+    def pending(self) -> int:
+        """Deliveries waiting for a commit."""
+
+    @property
+    def last_commit(self) -> CommitOutcome | None:
+        """The last batch's outcome, for readiness."""
+
+    async def append(self, delivery: NewDelivery) -> Appended:
+        """Append one delivery; raises Overloaded or StorageUnavailable (both mean 503)."""
+
+    async def probe_write(self) -> None:
+        """Append a row as the receiver would, then roll it back; raises if that fails."""
+
+
+class Projector(Protocol):
+    """Folds the log into the read models; in several processes, only one folds at a time."""
+
+    @property
+    def active(self) -> bool:
+        """Whether this process is the one folding (it holds the projector lease)."""
+
+    async def fold_new(self, limit: int) -> int:
+        """Fold up to `limit` new deliveries; 0 when none are new or another process folds."""
+
+    async def state_token(self) -> Hashable:
+        """Changes whenever a read model may have changed, in this process or another."""
+
+    async def wait_for_appends(self, seconds: float) -> None:
+        """Return soon after a delivery is appended (by any process), or after `seconds`."""
+
+
+class Reads(Protocol):
+    """The queries behind the HTTP API, the change stream, readiness and the metrics."""
+
+    async def account_connections(
+        self, environment: str, account: str
+    ) -> answers.AccountConnections: ...
+
+    async def list_connections(
+        self, environment: str, status: str | None, slug: str | None, limit: int, cursor: str | None
+    ) -> answers.ConnectionList: ...
+
+    async def run_summary(
+        self, environment: str, instance_id: str
+    ) -> answers.WorkflowRunSummary | None: ...
+
+    async def workflow_run(
+        self, environment: str, instance_id: str, limit: int, cursor: str | None
+    ) -> answers.WorkflowRunAnswer | None: ...
+
+    async def account_runs(
+        self,
+        environment: str,
+        account: str,
+        status: str | None,
+        workflow_id: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> answers.WorkflowRunList: ...
+
+    async def audit_events(
+        self,
+        environment: str,
+        account: str | None,
+        event: str | None,
+        after: int,
+        limit: int,
+        cursor: str | None,
+        *,
+        flagged: bool | None = None,
+        flag: str | None = None,
+    ) -> answers.AuditEventList: ...
+
+    async def audit_event(self, environment: str, seq: int) -> answers.AuditEventDetail | None: ...
+
+    async def projection_states(self) -> answers.Projections: ...
+
+    async def fold_errors(
+        self, name: str, limit: int, cursor: str | None
+    ) -> answers.FoldErrorList: ...
+
+    async def storage_status(self, now: datetime) -> StorageStatus: ...
+
+    async def folded_position(self) -> int:
+        """The position every projection has reached (the lowest)."""
+
+    async def positions(self) -> tuple[int, int]:
+        """The projections' common position and the log head, in one snapshot."""
+
+    async def changed_rows(
+        self, environment: str, account: str | None, after: int, until: int, limit: int
+    ) -> list[ChangedRow]: ...
+
+
+class Storage(Protocol):
+    """One opened database: its log, its projector and its reads."""
+
+    description: str  # for logs and messages: a path, or a URL without its password
+    log: EventLog
+    projector: Projector
+    reads: Reads
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema, rebuild projections whose version changed."""
+
+    async def close(self) -> None:
+        """Commit what is queued, then close every connection."""
+
+
+class Maintenance(Protocol):
+    """What the CLI does to a database outside a running service (verify, rebuild, copy)."""
+
+    description: str
+
+    async def head(self) -> tuple[int, str]:
+        """The last seq and its stored hash; (0, genesis hash) for an empty log."""
+
+    async def verify(self) -> tuple[ChainReport, list[str]]:
+        """Walk the hash chain; also the engine's own check, as lines to print."""
+
+    async def rebuild(self) -> int:
+        """Replay the log into fresh read models and swap them in; returns the head."""
+
+    async def statuses(self) -> list[ProjectionStatus]: ...
+
+    async def stored_rows(self, after: int, limit: int) -> list[StoredRow]:
+        """Up to `limit` rows with seq > `after`, exactly as stored, in seq order."""
+
+    async def append_stored(self, rows: Sequence[StoredRow]) -> None:
+        """Append rows copied from another log, unchanged; they must continue this log's chain."""
+
+    async def close(self) -> None: ...
