@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 # Every stored column but the hash itself, in a fixed order: changing any byte of any of
@@ -98,20 +98,25 @@ def verify_chain(conn: sqlite3.Connection, chunk: int = 5000) -> ChainReport:
 
 
 def _walk(conn: sqlite3.Connection, chunk: int) -> ChainReport:
-    expected_seq, previous, rows = 1, GENESIS_HASH, 0
-    for seq, content, stored in hashed_rows(conn, chunk):
+    return walk(hashed_rows(conn, chunk))
+
+
+def walk(rows: Iterable[tuple[int, Sequence[Value], str]]) -> ChainReport:
+    """Check (seq, hashed columns, stored hash) rows in seq order from seq 1; first break wins."""
+    expected_seq, previous, count = 1, GENESIS_HASH, 0
+    for seq, content, stored in rows:
         if seq != expected_seq:
             problem = f"seq {expected_seq} is missing: the next row has seq {seq}"
-            return ChainReport(rows, expected_seq - 1, previous, expected_seq, problem)
+            return ChainReport(count, expected_seq - 1, previous, expected_seq, problem)
         computed = row_hash(previous, content)
         if stored != computed:
             problem = (
                 f"the stored hash {stored} is not the hash of this row's content chained to "
                 f"the previous row's ({computed}): the row or an earlier one was altered"
             )
-            return ChainReport(rows, expected_seq - 1, previous, expected_seq, problem)
-        previous, expected_seq, rows = computed, expected_seq + 1, rows + 1
-    return ChainReport(rows, expected_seq - 1, previous)
+            return ChainReport(count, expected_seq - 1, previous, expected_seq, problem)
+        previous, expected_seq, count = computed, expected_seq + 1, count + 1
+    return ChainReport(count, expected_seq - 1, previous)
 
 
 def _outside_the_chain(conn: sqlite3.Connection, walked: ChainReport) -> ChainReport:
@@ -121,13 +126,25 @@ def _outside_the_chain(conn: sqlite3.Connection, walked: ChainReport) -> ChainRe
     count, lowest, highest = conn.execute(
         "SELECT count(*), min(seq), max(seq) FROM deliveries"
     ).fetchone()
-    expected = (walked.rows, 1, walked.head_seq) if walked.rows else (0, None, None)
-    if (count, lowest, highest) == expected:
+    if holds_only_the_chain(walked, count, lowest, highest):
         return walked
     seq = conn.execute(
         "SELECT seq FROM deliveries WHERE seq < 1 OR seq > ? ORDER BY seq LIMIT 1",
         (walked.head_seq,),
     ).fetchone()[0]
+    return row_outside_the_chain(walked, count, seq)
+
+
+def holds_only_the_chain(
+    walked: ChainReport, count: int, lowest: int | None, highest: int | None
+) -> bool:
+    """Whether a table of `count` rows, seq `lowest`..`highest`, holds the walked chain alone."""
+    expected = (walked.rows, 1, walked.head_seq) if walked.rows else (0, None, None)
+    return (count, lowest, highest) == expected
+
+
+def row_outside_the_chain(walked: ChainReport, count: int, seq: int) -> ChainReport:
+    """`walked`, broken at a row (`seq`) that the walk of seq 1.. never reached."""
     problem = (
         f"a row with seq {seq} lies outside the chain's seq 1..{walked.head_seq}: the log "
         f"holds {count} rows, the chain {walked.rows}; rows are numbered from 1 and only ever "

@@ -98,7 +98,7 @@ def _connection_state(row: tuple[Any, ...]) -> ConnectionHealth:
 
 CONNECTION_HEALTH: ReadModel[ConnectionChange, ConnectionHealth] = ReadModel(
     name="connection_health",
-    version=3,
+    version=4,
     table="connections",
     change_type=ConnectionChange,
     kind="connection",
@@ -138,7 +138,7 @@ def _run_row(state: WorkflowRun) -> tuple[Any, ...]:
 
 WORKFLOW_RUNS: ReadModel[WorkflowOutcome, WorkflowRun] = ReadModel(
     name="workflow_runs",
-    version=3,
+    version=4,
     table="workflow_runs",
     change_type=WorkflowOutcome,
     kind="workflow",
