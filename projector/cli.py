@@ -10,13 +10,15 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from projector import database, integrity, log, projection, queries, replay, schemas, server
+from projector import integrity, schemas, server
 from projector.cli_subscriptions import add_commands as add_subscription_commands
 from projector.cliargs import EPILOGS, flag_argument, log_position, package_version, whole_number
 from projector.config import ConfigError, Settings, load_settings, normalise_environment
 from projector.logs import configure_logging
-from projector.readers import ReaderPool
 from projector.sender import send_bodies, terminal_progress
+from projector.storage.engine import check_location, open_maintenance, open_reads
+from projector.storage.port import LogSchemaError, RowsDoNotContinue
+from projector.storage.sqlite import database, replay
 
 EXIT_CONFIG = 2
 
@@ -55,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=True)
     configure_logging(settings.log_format, settings.log_level)
     seed = None if args.seed is None else _read_bodies(args.seed)
-    database.check_database(settings.db, readonly=False, create=True)
+    check_location(settings.db, readonly=False, create=True)
     server.run_event_loop(server.serve(settings, seed))
     return 0
 
@@ -66,17 +68,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
     configure_logging(settings.log_format, settings.log_level)
-    conn = database.open_database(settings.db, readonly=False)
+    return asyncio.run(_rebuild(settings))
+
+
+async def _rebuild(settings: Settings) -> int:
+    maintenance = await open_maintenance(settings.db, readonly=False)
     try:
-        log.migrate(conn)
-        head = replay.rebuild(conn)
-        for state in projection.statuses(conn):
+        head = await maintenance.rebuild()
+        for state in await maintenance.statuses():
             print(
                 f"{state.name}: version {state.version}, position {state.position}, "
                 f"errors {state.errors}"
             )
     finally:
-        conn.close()
+        await maintenance.close()
     print(f"rebuilt from {head} deliveries")
     return 0
 
@@ -86,22 +91,26 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
-    conn = database.open_database(settings.db, readonly=True)
+    return asyncio.run(_verify(settings))
+
+
+async def _verify(settings: Settings) -> int:
+    maintenance = await open_maintenance(settings.db, readonly=True)
     try:
-        log.check_version(conn)
-        quick_check = [row[0] for row in conn.execute("PRAGMA quick_check")]
-        report = integrity.verify_chain(conn)
-        stored_head = integrity.head_hash(conn)
+        verification = await maintenance.verify()
+        stored_head = await maintenance.head()
     finally:
-        conn.close()
-    intact = report.intact and quick_check == ["ok"]
-    print(f"sqlite quick_check: {'; '.join(quick_check)}")
+        await maintenance.close()
+    report = verification.chain
+    for line in verification.checks:
+        print(line)
     if report.intact:
         print(f"chain: {report.rows} rows, seq 1..{report.head_seq} without gaps, hashes match")
     else:
         print(f"chain: broken at seq {report.broken_at}: {report.problem}")
         print(f"intact up to seq {report.head_seq}, hash {report.head_hash}")
     print(f"head: seq {stored_head[0]}, hash {stored_head[1]}")
+    intact = verification.intact
     print("log intact" if intact else "log NOT intact: restore from a backup you verified")
     return 0 if intact else 1
 
@@ -111,6 +120,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
+    if not isinstance(settings.db, Path):
+        raise ConfigError(
+            "`projector backup` copies a SQLite file; on PostgreSQL back up with pg_dump "
+            "(see the README), or copy the log to a SQLite file with `projector copy`"
+        )
     source = database.open_database(settings.db, readonly=True)
     try:
         destination = database.check_backup_destination(Path(args.destination))
@@ -166,11 +180,10 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 async def _print_events(settings: Settings, args: argparse.Namespace) -> int:
     printed, cursor = 0, None
-    async with ReaderPool(settings.db, size=1) as pool, pool.connection() as conn:
+    async with open_reads(settings.db) as reads:
         while args.limit is None or printed < args.limit:
             page_size = 1000 if args.limit is None else min(1000, args.limit - printed)
-            page = await queries.audit_events(
-                conn,
+            page = await reads.audit_events(
                 args.environment,
                 args.linked_account_id,
                 args.event,
@@ -192,7 +205,7 @@ async def _print_events(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_events(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
     configure_logging(settings.log_format, settings.log_level)
-    database.check_database(settings.db, readonly=True)
+    check_location(settings.db, readonly=True)
     asyncio.run(_print_events(settings, args))
     return 0
 
@@ -345,9 +358,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"projector: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except log.LogSchemaError as exc:
+    except LogSchemaError as exc:
         print(f"projector: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except RowsDoNotContinue as exc:
+        print(f"projector: {exc}", file=sys.stderr)
+        return 1
     # Only start-up errors reach here; the service handles its own.
     except sqlite3.DatabaseError as exc:
         print(

@@ -7,13 +7,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from projector import log, projection, replay
 from projector.config import fingerprint
 from projector.events import ConnectionChange, parse_delivery
 from projector.fold import ConnectionHealth, fold_connection
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash
 from projector.readmodels import READ_MODELS
 from projector.sender import environment_of
+from projector.storage.sqlite import log, projection, replay
 from tests.support import KEY_BY_ENVIRONMENT, sample_bodies
 
 RECEIVED_AT = "2026-07-01T12:00:00Z"

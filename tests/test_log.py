@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from projector import integrity, log
+from projector import integrity
+from projector.storage.sqlite import log
 from tests.storage_support import (
     SLIPPED_BODY,
     before_first_begin,

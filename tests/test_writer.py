@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from projector import log, projection
-from projector.writer import (
+from projector.storage.sqlite import log, projection
+from projector.storage.sqlite.writer import (
     MAX_BATCH,
     Overloaded,
     ProjectAppended,

@@ -11,11 +11,11 @@ import json
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from projector import answers
-from projector.events import ConnectionChange, ParsedDelivery, WorkflowOutcome
-from projector.integrity import ChainReport, Value
+from projector.events import ConnectionChange, ParsedDelivery, WorkflowOutcome, parse_delivery
+from projector.integrity import ChainReport, Value, row_hash
 
 Change = ConnectionChange | WorkflowOutcome
 
@@ -84,6 +84,19 @@ class NewDelivery:
         )
 
 
+def probe_delivery() -> NewDelivery:
+    """The row a readiness probe appends, then rolls back: proves the write path works."""
+    return NewDelivery.verified(
+        b"{}",
+        parse_delivery(b"{}", "test"),
+        environment="test",
+        received_at="1970-01-01T00:00:00Z",
+        key_id="readiness-probe",
+        signed_as="raw",
+        headers={},
+    )
+
+
 # Built once (json.dumps with keywords builds an encoder per call); used for every row.
 _SORTED_JSON = json.JSONEncoder(sort_keys=True)
 
@@ -150,6 +163,36 @@ class StoredRow:
         return int(self.content[0])  # type: ignore[arg-type]
 
 
+class RowsDoNotContinue(Exception):
+    """Copied rows do not continue the destination's log: wrong seq, or a broken chain."""
+
+
+def check_continues(head: int, head_hash: str, row: StoredRow) -> None:
+    """Raise RowsDoNotContinue unless `row` is the next row after (`head`, `head_hash`)."""
+    if row.seq != head + 1:
+        raise RowsDoNotContinue(
+            f"the next row would be seq {head + 1}, but the copied row has seq {row.seq}"
+        )
+    if row_hash(head_hash, row.content) != row.row_hash:
+        raise RowsDoNotContinue(
+            f"the copied row seq {row.seq} does not chain to the destination's head hash "
+            f"{head_hash}: the two logs differ before it"
+        )
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What `projector verify` found: the chain walk and the engine's own checks."""
+
+    chain: ChainReport
+    checks: tuple[str, ...]  # one line per engine check, as printed
+    checks_passed: bool
+
+    @property
+    def intact(self) -> bool:
+        return self.chain.intact and self.checks_passed
+
+
 @dataclass(frozen=True)
 class CommitOutcome:
     """When the last batch of appends was committed or failed (time.monotonic)."""
@@ -191,8 +234,7 @@ class StorageStatus:
         return max((p.lag_seconds for p in self.projections), default=0.0)
 
 
-@dataclass(frozen=True)
-class ChangedRow:
+class ChangedRow(NamedTuple):
     """A clean delivery the change stream announces: its seq and what it changed."""
 
     seq: int
@@ -302,10 +344,18 @@ class Reads(Protocol):
 class Storage(Protocol):
     """One opened database: its log, its projector and its reads."""
 
-    description: str  # for logs and messages: a path, or a URL without its password
-    log: EventLog
-    projector: Projector
-    reads: Reads
+    @property
+    def description(self) -> str:
+        """For logs and messages: a path, or a URL without its password."""
+
+    @property
+    def log(self) -> EventLog: ...
+
+    @property
+    def projector(self) -> Projector: ...
+
+    @property
+    def reads(self) -> Reads: ...
 
     async def open(self) -> None:
         """Connect, create or migrate the schema, rebuild projections whose version changed."""
@@ -317,13 +367,14 @@ class Storage(Protocol):
 class Maintenance(Protocol):
     """What the CLI does to a database outside a running service (verify, rebuild, copy)."""
 
-    description: str
+    @property
+    def description(self) -> str: ...
 
     async def head(self) -> tuple[int, str]:
         """The last seq and its stored hash; (0, genesis hash) for an empty log."""
 
-    async def verify(self) -> tuple[ChainReport, list[str]]:
-        """Walk the hash chain; also the engine's own check, as lines to print."""
+    async def verify(self) -> Verification:
+        """Walk the hash chain, and run the engine's own check of its files or tables."""
 
     async def rebuild(self) -> int:
         """Replay the log into fresh read models and swap them in; returns the head."""

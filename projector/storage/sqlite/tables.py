@@ -7,8 +7,8 @@ import sqlite3
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from projector.log import insert_many
 from projector.readmodels import FoldError, ReadModel
+from projector.storage.sqlite.log import insert_many
 
 
 def create_table(conn: sqlite3.Connection, model: ReadModel[Any, Any], table: str) -> None:

@@ -11,15 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from projector import integrity
-from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, hashed_rows, head_hash, row_hash
+from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash
 from projector.storage.port import (
     Appended,
     Change,
     LoggedDelivery,
     LogSchemaError,
     NewDelivery,
+    StoredRow,
+    check_continues,
     row_content,
 )
+from projector.storage.sqlite.chain import hashed_rows, head_hash
 
 LOG_SCHEMA_VERSION = 3
 
@@ -252,6 +255,18 @@ def append_rows(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[
         results.append(Appended(seq, duplicate_of))
     insert_many(conn, _INSERT_DELIVERY, rows)
     return results
+
+
+def append_stored(conn: sqlite3.Connection, rows: Sequence[StoredRow]) -> None:
+    """Append rows copied from another log, unchanged, inside the caller's write transaction.
+
+    They must continue this log: the next seq, each hash chained to the one before.
+    """
+    seq, previous = head_hash(conn)
+    for row in rows:
+        check_continues(seq, previous, row)
+        seq, previous = row.seq, row.row_hash
+    insert_many(conn, _INSERT_DELIVERY, [(*row.content, row.row_hash) for row in rows])
 
 
 _LOGGED_COLUMNS = (

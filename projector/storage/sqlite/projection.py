@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import structlog
 
-from projector import log
 from projector.readmodels import READ_MODELS, Changes, FoldError, ReadModel, read_changes
-from projector.storage.sqlite import tables
+from projector.storage.port import ProjectionStatus
+from projector.storage.sqlite import log, tables
 
 logger = structlog.get_logger("projector.projection")
 
@@ -30,16 +29,6 @@ CREATE TABLE IF NOT EXISTS projection_errors (
 CREATE TABLE IF NOT EXISTS rebuild_claims (generation INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS rebuilds (generation INTEGER PRIMARY KEY, finished_at TEXT NOT NULL)
 """
-
-
-@dataclass(frozen=True)
-class ProjectionStatus:
-    """Where one projection stands."""
-
-    name: str
-    version: int
-    position: int
-    errors: int
 
 
 def prepare(conn: sqlite3.Connection) -> list[str]:

@@ -6,8 +6,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-from projector import log
 from projector.config import ConfigError
+from projector.storage.port import LogSchemaError
+from projector.storage.sqlite import log
 
 _FIX = "set PROJECTOR_DB to a file in a folder this user can read and write"
 
@@ -79,7 +80,7 @@ def open_database(path: Path, *, readonly: bool, create: bool = False) -> sqlite
     except sqlite3.Error as exc:
         conn.close()
         raise _not_a_database(where, exc) from None
-    except log.LogSchemaError as exc:
+    except LogSchemaError as exc:
         conn.close()
         raise unusable(where, str(exc)) from None
     return conn
