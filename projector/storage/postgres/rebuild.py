@@ -113,9 +113,12 @@ async def _check_claim(conn: Connection, generation: int) -> None:
     row = await cur.fetchone()
     newest = None if row is None else row[0]
     if newest != generation:
-        raise RebuildSuperseded(
-            f"rebuild {generation} stops: rebuild {newest} started after it and carries on"
+        newer = (
+            "a newer rebuild was swapped in since it began"
+            if newest is None
+            else f"rebuild {newest} started after it and carries on"
         )
+        raise RebuildSuperseded(f"rebuild {generation} stops: {newer}")
 
 
 async def _fold(
