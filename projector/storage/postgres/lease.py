@@ -55,3 +55,12 @@ async def hold(conn: Connection, owner: str, epoch: int, seconds: float) -> bool
         (seconds, LEASE_NAME),
     )
     return True
+
+
+async def release(conn: Connection, owner: str, epoch: int) -> None:
+    """End a lease still held now, so a standby need not wait out its expiry (a restart)."""
+    await conn.execute(
+        "UPDATE projector_lease SET lease_until = now()"
+        " WHERE name = %s AND owner = %s AND epoch = %s AND lease_until > now()",
+        (LEASE_NAME, owner, epoch),
+    )

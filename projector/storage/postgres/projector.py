@@ -18,6 +18,7 @@ from projector.storage.location import PostgresUrl
 from projector.storage.port import StorageUnavailable
 from projector.storage.postgres import folding, lease
 from projector.storage.postgres.connect import (
+    CONNECT_TIMEOUT_SECONDS,
     CONNECTION_ERRORS,
     Connection,
     close_quietly,
@@ -116,11 +117,17 @@ class PostgresProjector:
         self._woken.clear()
 
     async def close(self) -> None:
-        """Stop listening and close the connection; the lease lapses by itself."""
+        """Stop listening, hand the lease back, and close the connection."""
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+        if self._conn is not None and self._epoch is not None:
+            # Best effort: if the database is gone, the lease simply runs out.
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                    await lease.release(self._conn, self.owner, self._epoch)
+            self._epoch = None
         await close_quietly(self._conn)
         self._conn = None
 

@@ -15,25 +15,27 @@ SCHEMA_VERSION = 1
 # once take turns, and each re-reads the version once it holds the lock.
 MIGRATION_LOCK = 0x726566_6F6C6401  # "refold" 1
 
-# The same table and column names as SQLite's, so the shared read queries run on both.
+# The same table and column names as SQLite's, so the shared read queries run on both; and
+# the same order of text: "C" compares bytes, as SQLite does, whatever the server's locale,
+# so ORDER BY and the API's cursors page alike on both engines.
 _CREATE_LOG = f"""
 CREATE TABLE deliveries (
     seq bigint PRIMARY KEY CHECK (seq > 0),
-    received_at text NOT NULL,
-    environment text NOT NULL,
-    key_id text NOT NULL,
-    signed_as text NOT NULL,
-    headers text NOT NULL,
+    received_at text COLLATE "C" NOT NULL,
+    environment text COLLATE "C" NOT NULL,
+    key_id text COLLATE "C" NOT NULL,
+    signed_as text COLLATE "C" NOT NULL,
+    headers text COLLATE "C" NOT NULL,
     body bytea NOT NULL,
-    event text,
-    kind text,
-    linked_account_id text,
-    slug text,
-    instance_id text,
-    event_key text NOT NULL,
-    flags text NOT NULL,
+    event text COLLATE "C",
+    kind text COLLATE "C",
+    linked_account_id text COLLATE "C",
+    slug text COLLATE "C",
+    instance_id text COLLATE "C",
+    event_key text COLLATE "C" NOT NULL,
+    flags text COLLATE "C" NOT NULL,
     duplicate_of bigint,
-    row_hash text NOT NULL CHECK (length(row_hash) = 64)
+    row_hash text COLLATE "C" NOT NULL CHECK (length(row_hash) = 64)
 );
 CREATE INDEX deliveries_by_event_key ON deliveries (event_key, seq);
 CREATE INDEX deliveries_by_account ON deliveries (environment, linked_account_id, seq);
@@ -139,7 +141,7 @@ async def stale_projections(conn: Connection) -> list[str]:
 
 def create_table_sql(model: ReadModel[Any, Any], table: str, generation: int) -> str:
     """`model`'s table as `table`: every column text, keyed by the model's key."""
-    columns = ", ".join(f"{c} text" for c in model.columns)
+    columns = ", ".join(f'{c} text COLLATE "C"' for c in model.columns)
     key = ", ".join(model.key_columns)
     # The key constraint is named for the generation: its index keeps the name when the
     # table is renamed, and the next rebuild's table must not collide with it.
