@@ -176,3 +176,17 @@ async def test_the_probe_appends_nothing(pg_url: PostgresUrl) -> None:
         appended = await storage.log.append(sample_deliveries()[0])
     assert appended.seq == 1
     assert await query(pg_url, "SELECT count(*) FROM deliveries") == [(1,)]
+
+
+async def test_an_append_behind_a_stuck_transaction_fails_after_the_lock_timeout_then_goes_on(
+    pg_url: PostgresUrl,
+) -> None:
+    first, second = sample_deliveries()[:2]
+    async with opened(pg_url) as storage, raw(pg_url) as stuck:
+        await stuck.execute("BEGIN")
+        await stuck.execute("SELECT * FROM log_head FOR UPDATE")  # and never commits
+        with pytest.raises(StorageUnavailable, match=r"lock timeout.*pg_stat_activity"):
+            await storage.log.append(first)
+        await stuck.execute("ROLLBACK")
+        appended = await storage.log.append(second)
+    assert appended.seq == 1

@@ -118,3 +118,13 @@ async def test_a_database_of_a_newer_release_is_refused_with_what_to_do(
     with pytest.raises(LogSchemaError, match="upgrade refold-projector"):
         async with opened(pg_url):
             pass
+
+
+async def test_a_database_holding_another_applications_tables_is_refused(
+    pg_url: PostgresUrl,
+) -> None:
+    await query(pg_url, "CREATE TABLE deliveries (id serial PRIMARY KEY, parcel text)")
+    with pytest.raises(LogSchemaError, match="a database of its own"):
+        async with opened(pg_url):
+            pass
+    assert await query(pg_url, "SELECT to_regclass('log_head') IS NULL") == [(True,)]

@@ -48,18 +48,30 @@ def connection_parameters(url: PostgresUrl) -> dict[str, Any]:
 
 def describe_error(url: PostgresUrl, exc: BaseException) -> str:
     """`exc` as text fit for a log line or a message: never the URL's password."""
-    text = str(exc).strip() or type(exc).__name__
+    # One line: the server's message may go on with CONTEXT: and DETAIL: lines.
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = "; ".join(lines) or type(exc).__name__
     password = conninfo_to_dict(url.url).get("password")
     if password:
         text = text.replace(str(password), "***")
     return text
 
 
+def _advice(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
+        return (
+            "another transaction held what it needed too long; look for long-running or idle "
+            "transactions in pg_stat_activity"
+        )
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return "grant the PROJECTOR_DB user the privileges it lacks"
+    return "check that the server is running and reachable and that PROJECTOR_DB names it"
+
+
 def unavailable(url: PostgresUrl, exc: BaseException, doing: str) -> StorageUnavailable:
     """The error for a database that failed while `doing` something: what, where, what to do."""
     return StorageUnavailable(
-        f"PostgreSQL at {url} failed while {doing}: {describe_error(url, exc)}; check that the "
-        "server is running and reachable and that PROJECTOR_DB names it"
+        f"PostgreSQL at {url} failed while {doing}: {describe_error(url, exc)}; {_advice(exc)}"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from projector.events import format_instant
 from projector.readmodels import READ_MODELS
 from projector.storage.port import LoggedDelivery
 from projector.storage.postgres import folding, schema
-from projector.storage.postgres.connect import Connection
+from projector.storage.postgres.connect import CONNECTION_ERRORS, Connection
 from projector.storage.postgres.projector import FOLDED_CHANNEL
 
 logger = structlog.get_logger("projector.storage.postgres.rebuild")
@@ -194,4 +195,6 @@ async def rebuild_stale(conn: Connection, wait_seconds: float = STARTUP_WAIT_SEC
             logger.info("projections_rebuilding", projections=stale, reason="new or changed")
             await rebuild(conn)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock(%s)", (STARTUP_REBUILD_LOCK,))
+        # A broken connection has lost the lock with its session: nothing to give back.
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (STARTUP_REBUILD_LOCK,))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
+
 from projector.integrity import GENESIS_HASH
 from projector.readmodels import READ_MODELS, ReadModel
 from projector.storage.port import LogSchemaError
@@ -112,8 +114,19 @@ async def migrate(conn: Connection) -> int:
         version = await schema_version(conn)  # read under the lock: others may have migrated
         if version > SCHEMA_VERSION:
             raise too_new(version)
-        for step in MIGRATIONS[version:]:
-            await step(conn)
+        try:
+            for step in MIGRATIONS[version:]:
+                await step(conn)
+        except (
+            psycopg.errors.DuplicateTable,
+            psycopg.errors.DuplicateFunction,
+            psycopg.errors.DuplicateObject,
+        ) as exc:
+            raise LogSchemaError(
+                f"the database already holds tables of another application ({exc}); give "
+                "refold-projector a database of its own: CREATE DATABASE, and point "
+                "PROJECTOR_DB at it"
+            ) from None
         if version < SCHEMA_VERSION:
             await conn.execute("UPDATE projector_schema SET version = %s", (SCHEMA_VERSION,))
     return SCHEMA_VERSION
