@@ -100,11 +100,14 @@ class PostgresProjector:
 
     async def state_token(self) -> Hashable:
         """Every projection's position and generation: moves with any process's fold or swap."""
-        async with self._reads.connection() as conn:
-            cur = await conn.execute(
-                "SELECT name, position, generation FROM projections ORDER BY name"
-            )
-            return tuple(tuple(row) for row in await cur.fetchall())
+        try:
+            async with self._reads.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT name, position, generation FROM projections ORDER BY name"
+                )
+                return tuple(tuple(row) for row in await cur.fetchall())
+        except CONNECTION_ERRORS as exc:
+            raise unavailable(self._url, exc, "reading the projections' positions") from None
 
     async def wait_for_appends(self, seconds: float) -> None:
         """Return after a commit here, a notification from any process, or `seconds`."""
