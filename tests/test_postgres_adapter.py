@@ -19,23 +19,21 @@ def pg_url() -> Iterator[PostgresUrl]:
         yield url
 
 
-async def test_reads_run_sql_written_with_question_mark_placeholders(pg_url: PostgresUrl) -> None:
+async def test_the_shared_read_queries_run_on_postgresql(pg_url: PostgresUrl) -> None:
+    """SQL written once with `?` placeholders answers on PostgreSQL as the API expects."""
     deliveries = sample_deliveries()[:20]
     async with opened(pg_url) as storage:
         for delivery in deliveries:
             await storage.log.append(delivery)
         environment = deliveries[0].environment
-        rows = await storage.reads.fetch(
-            "SELECT seq, environment, body FROM deliveries"
-            " WHERE seq > ? AND environment = ? ORDER BY seq LIMIT ?",
-            [2, environment, 3],
-        )
+        page = await storage.reads.audit_events(environment, None, None, 2, 3, None)
     expected = [
-        (seq, environment, deliveries[seq - 1].body)
+        seq
         for seq in range(3, len(deliveries) + 1)
         if deliveries[seq - 1].environment == environment
     ][:3]
-    assert rows == expected
+    assert [event.seq for event in page.events] == expected
+    assert [event.environment for event in page.events] == [environment] * len(expected)
 
 
 async def test_appends_beyond_max_pending_are_refused_as_overloaded(pg_url: PostgresUrl) -> None:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from projector import log
-from projector.integrity import HASHED_COLUMNS, head_hash
+from projector.integrity import HASHED_COLUMNS
 from projector.storage.location import PostgresUrl
-from projector.storage.port import StorageUnavailable
+from projector.storage.port import StorageUnavailable, row_content
 from projector.storage.postgres import PostgresStorage
 from projector.storage.postgres.appends import append_rows
+from projector.storage.sqlite import log
+from projector.storage.sqlite.chain import head_hash
 from tests.postgres_support import eventually, fresh_database, opened, query, raw
 from tests.storage_support import ODD_BODY, new_delivery, sample_deliveries
 from tests.support import free_port
@@ -33,7 +34,7 @@ async def test_appends_get_seqs_from_one_and_rows_are_stored_as_given(pg_url: Po
     columns = ", ".join(HASHED_COLUMNS)
     stored = await query(pg_url, f"SELECT {columns} FROM deliveries ORDER BY seq")
     expected = [
-        log.row_content(a.seq, d, a.duplicate_of) for a, d in zip(appended, deliveries, strict=True)
+        row_content(a.seq, d, a.duplicate_of) for a, d in zip(appended, deliveries, strict=True)
     ]
     assert [(*row[:6], bytes(row[6]), *row[7:]) for row in stored] == expected
 

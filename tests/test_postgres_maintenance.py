@@ -10,12 +10,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from projector import integrity, log
+from projector import integrity
 from projector.integrity import LogNotIntact
 from projector.storage.location import PostgresUrl
-from projector.storage.port import StoredRow
+from projector.storage.port import RowsDoNotContinue, StoredRow
 from projector.storage.postgres import open_maintenance
-from projector.storage.postgres.maintenance import PostgresMaintenance, RowsDoNotContinue
+from projector.storage.postgres.maintenance import PostgresMaintenance
+from projector.storage.sqlite import chain, log
 from tests.postgres_support import fresh_database, opened, positions, query, raw
 from tests.storage_support import NAMES, ODD_BODY, new_delivery, sample_deliveries
 
@@ -58,7 +59,8 @@ async def test_verify_walks_an_intact_log_and_names_the_server_and_rows(
     await _populate(pg_url)
     maintenance = await open_maintenance(pg_url)
     try:
-        report, lines = await maintenance.verify()
+        verification = await maintenance.verify()
+        report, lines = verification.chain, list(verification.checks)
         head = await maintenance.head()
     finally:
         await maintenance.close()
@@ -91,7 +93,8 @@ async def test_verify_finds_a_body_altered_behind_the_guards(pg_url: PostgresUrl
         await conn.execute(RESTORE_GUARD)
     maintenance = await open_maintenance(pg_url)
     try:
-        report, lines = await maintenance.verify()
+        verification = await maintenance.verify()
+        report, lines = verification.chain, list(verification.checks)
     finally:
         await maintenance.close()
     assert not report.intact
@@ -112,7 +115,7 @@ async def test_verify_and_the_projector_stop_at_a_gap(pg_url: PostgresUrl) -> No
                 f"INSERT INTO deliveries VALUES ({', '.join(['%s'] * 16)})",
                 (*moved.content, moved.row_hash),
             )
-        report, _ = await source.verify()
+        report = (await source.verify()).chain
     finally:
         await source.close()
     assert report.intact is False
@@ -132,7 +135,7 @@ async def test_rows_copied_to_another_postgresql_database_keep_the_chain(
     try:
         await _copy(source, destination)
         assert await destination.head() == await source.head()
-        report, _ = await destination.verify()
+        report = (await destination.verify()).chain
         assert await destination.stored_rows(0, 500) == await source.stored_rows(0, 500)
     finally:
         await source.close()
@@ -168,15 +171,15 @@ async def test_a_sqlite_log_copied_to_postgresql_has_the_same_head_hash(
     log.migrate(conn)
     deliveries = [*sample_deliveries()[:200], new_delivery(ODD_BODY, "live")]
     log.append_batch(conn, deliveries)
-    rows = [StoredRow(tuple(content), stored) for _, content, stored in integrity.hashed_rows(conn)]
-    sqlite_head = integrity.head_hash(conn)
+    rows = [StoredRow(tuple(content), stored) for _, content, stored in chain.hashed_rows(conn)]
+    sqlite_head = chain.head_hash(conn)
     conn.close()
     destination = await open_maintenance(pg_url, create=True)
     try:
         for start in range(0, len(rows), 64):
             await destination.append_stored(rows[start : start + 64])
         assert await destination.head() == sqlite_head
-        report, _ = await destination.verify()
+        report = (await destination.verify()).chain
         assert await destination.stored_rows(0, 1000) == rows
     finally:
         await destination.close()

@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import psycopg
+
 from projector.config import ConfigError
 from projector.integrity import LogNotIntact
-from projector.storage.location import Location
+from projector.storage.location import Location, PostgresUrl
 from projector.storage.port import (
     LogSchemaError,
     Maintenance,
@@ -20,6 +22,8 @@ from projector.storage.port import (
     Storage,
     StorageUnavailable,
 )
+from projector.storage.postgres.adapter import PostgresStorage, postgres_reads
+from projector.storage.postgres.maintenance import open_maintenance as open_postgres_maintenance
 from projector.storage.queries import SQLITE, SqlReads
 from projector.storage.sqlite import database
 from projector.storage.sqlite.adapter import SqliteMaintenance, SqliteStorage
@@ -32,6 +36,7 @@ OPEN_ERRORS: tuple[type[Exception], ...] = (
     LogSchemaError,
     LogNotIntact,
     StorageUnavailable,
+    psycopg.Error,
 )
 
 
@@ -56,7 +61,12 @@ def storage_for(
     on_batch: Callable[[int], None],
 ) -> Storage:
     """The storage `projector serve` runs on; `open()` connects it."""
-    assert isinstance(location, Path)
+    if isinstance(location, PostgresUrl):
+        storage = PostgresStorage(
+            location, max_pending=max_pending, on_read_models_changed=on_read_models_changed
+        )
+        storage.log.on_batch = on_batch
+        return storage
     return SqliteStorage(
         location,
         max_pending=max_pending,
@@ -69,13 +79,17 @@ async def open_maintenance(
     location: Location, *, readonly: bool, create: bool = False
 ) -> Maintenance:
     """The log for a CLI command; `readonly` never migrates or writes."""
-    assert isinstance(location, Path)
+    if isinstance(location, PostgresUrl):
+        return await open_postgres_maintenance(location, create=not readonly)
     return SqliteMaintenance(location, readonly=readonly, create=create)
 
 
 @asynccontextmanager
 async def open_reads(location: Location) -> AsyncIterator[Reads]:
     """The API's reads for a CLI command (`projector events`), closed after."""
-    assert isinstance(location, Path)
+    if isinstance(location, PostgresUrl):
+        async with postgres_reads(location) as reads:
+            yield reads
+        return
     async with ReaderPool(location, size=1) as pool:
         yield SqlReads(pool.fetch, SQLITE)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
@@ -21,6 +22,7 @@ from projector.storage.postgres.connect import (
 )
 from projector.storage.postgres.log import PostgresLog
 from projector.storage.postgres.projector import LEASE_SECONDS, PostgresProjector
+from projector.storage.queries import POSTGRES, SqlReads
 
 logger = structlog.get_logger("projector.storage.postgres.adapter")
 
@@ -63,7 +65,7 @@ class PostgresStorage:
         )
         # A local commit wakes this process's projector at once; others hear the NOTIFY.
         self.log = PostgresLog(url, max_pending=max_pending, on_commit=self.projector.wake)
-        self.reads = PostgresReads(url, self._pool)
+        self.reads = SqlReads(PostgresReads(url, self._pool).fetch, POSTGRES)
 
     async def open(self) -> None:
         """Connect, create or migrate the schema, rebuild projections whose version changed."""
@@ -87,3 +89,22 @@ class PostgresStorage:
         await self.log.close()
         await self.projector.close()
         await self._pool.close()
+
+
+@asynccontextmanager
+async def postgres_reads(url: PostgresUrl) -> AsyncIterator[SqlReads]:
+    """The API's reads on a pool of their own (a CLI command's), closed after."""
+    pool = read_pool(url, size=1)
+    try:
+        await pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS * 2)
+    except CONNECTION_ERRORS as exc:
+        raise unavailable(url, exc, "opening a reader connection") from None
+    try:
+        conn = await connect(url)
+        try:
+            await schema.check_version(conn)
+        finally:
+            await close_quietly(conn)
+        yield SqlReads(PostgresReads(url, pool).fetch, POSTGRES)
+    finally:
+        await pool.close()

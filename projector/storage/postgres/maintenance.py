@@ -11,7 +11,7 @@ import psycopg
 from projector import integrity
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, ChainReport, Value, row_hash
 from projector.storage.location import PostgresUrl
-from projector.storage.port import ProjectionStatus, StoredRow
+from projector.storage.port import ProjectionStatus, RowsDoNotContinue, StoredRow, Verification
 from projector.storage.postgres import rebuild, schema
 from projector.storage.postgres.appends import HEAD_FOR_UPDATE, INSERT_ROWS, LOG_CHANNEL, as_columns
 from projector.storage.postgres.connect import Connection, connect, connection_parameters
@@ -22,10 +22,6 @@ STATUS_QUERY = (
     " WHERE e.name = p.name AND e.generation = p.generation) FROM projections p ORDER BY p.name"
 )
 VERIFY_CHUNK = 5000
-
-
-class RowsDoNotContinue(ValueError):
-    """Copied rows that would not continue this log's seqs and hash chain: nothing is stored."""
 
 
 def stored_row(row: Sequence[Any]) -> StoredRow:
@@ -94,7 +90,7 @@ class PostgresMaintenance:
         row = await cur.fetchone()
         return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
 
-    async def verify(self) -> tuple[ChainReport, list[str]]:
+    async def verify(self) -> Verification:
         """Walk the hash chain in one snapshot; the engine line names server and row count."""
         report, count, version = await asyncio.to_thread(_walk_snapshot, self._url)
         cur = await self._conn.execute(
@@ -104,10 +100,11 @@ class PostgresMaintenance:
         row = await cur.fetchone()
         triggers = 0 if row is None else int(row[0])
         guards = "in place" if triggers >= 2 else "MISSING (the log can be altered)"
-        return report, [
+        checks = (
             f"postgresql: {self._url}, server {version}, {count} rows",
             f"postgresql append-only triggers: {guards}",
-        ]
+        )
+        return Verification(report, checks, checks_passed=triggers >= 2)
 
     async def rebuild(self) -> int:
         """Replay the log into fresh read models and swap them in; returns the head."""
