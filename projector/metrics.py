@@ -13,6 +13,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -101,6 +102,12 @@ class Metrics:
             "projector_append_seconds",
             "From a delivery's body received to its durable commit.",
             buckets=APPEND_BUCKETS,
+            registry=registry,
+        )
+        # 1 in the one process folding the log (on PostgreSQL, the projector lease's holder).
+        self.folding = Gauge(
+            "projector_folding",
+            "1 when this process folds the log into the read models, else 0.",
             registry=registry,
         )
         self.commit_batch_size = Histogram(
@@ -219,6 +226,7 @@ def install(
     app.middlewares.insert(0, observe_requests(metrics, settings.access_log))
     app[METRICS] = metrics
     app[health.PROJECTOR] = projector
+    metrics.folding.set_function(lambda: float(storage.projector.active))
     app.router.add_get("/metrics", make_metrics_handler(metrics, storage.reads))
     app.router.add_get("/v1/stats", stats.make_stats_handler(metrics.per_minute, storage.reads))
     max_lag = settings.ready_max_lag_seconds
