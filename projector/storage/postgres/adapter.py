@@ -81,8 +81,13 @@ class PostgresStorage:
         try:
             await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS * 2)
         except CONNECTION_ERRORS as exc:
+            await self._pool.close()
             raise unavailable(self._url, exc, "opening the reader connections") from None
-        await self.log.open()
+        try:
+            await self.log.open()
+        except BaseException:
+            await self._pool.close()
+            raise
 
     async def close(self) -> None:
         """Commit what is queued, then close every connection."""
