@@ -64,6 +64,14 @@ class ReadModel(Generic[Change, State]):
                 errors.append(FoldError(seq, f"{type(exc).__name__}: {exc}"))
         return dirty, errors
 
+    def changes_past(
+        self, read: tuple[Changes, list[FoldError]], after: int
+    ) -> tuple[list[tuple[int, Change]], list[FoldError]]:
+        """Of what was read, this model's changes past seq `after`, and the parse errors."""
+        changes, parse_errors = read
+        mine = [(s, c) for s, c in changes if s > after and isinstance(c, self.change_type)]
+        return mine, [e for e in parse_errors if e.seq > after]
+
     def keys_of(self, changes: Sequence[tuple[int, Change]]) -> set[tuple[str, ...]]:
         """The keys whose stored states folding `changes` needs."""
         return {self.key_of(change) for _, change in changes}

@@ -11,11 +11,11 @@ import json
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from projector import answers
 from projector.events import ConnectionChange, ParsedDelivery, WorkflowOutcome, parse_delivery
-from projector.integrity import ChainReport, Value, row_hash
+from projector.integrity import ChainReport, Value, missing_row, row_hash
 
 Change = ConnectionChange | WorkflowOutcome
 
@@ -25,7 +25,11 @@ class Overloaded(Exception):
 
 
 class StorageUnavailable(Exception):
-    """The log could not commit (or cannot be reached); nothing from that batch was stored."""
+    """The log could not commit (or cannot be reached): answer 503, so the sender retries.
+
+    Usually nothing of the batch was stored. If the connection dropped during the commit
+    itself, it may have landed: the sender's retry is then recorded as a duplicate.
+    """
 
 
 class LogSchemaError(Exception):
@@ -161,6 +165,61 @@ class StoredRow:
     @property
     def seq(self) -> int:
         return int(self.content[0])  # type: ignore[arg-type]
+
+
+def number_batch(
+    head: int, head_hash: str, batch: Sequence[NewDelivery], first_seen: dict[str, int]
+) -> tuple[list[tuple[Value, ...]], list[Appended]]:
+    """The rows (stored columns, then row_hash) of `batch` appended after (`head`, `head_hash`).
+
+    `first_seen` holds the first seq already logged for each of the batch's event keys; a
+    delivery whose key is there (or earlier in the batch) is a duplicate of that seq.
+    """
+    seq, previous = head, head_hash
+    rows: list[tuple[Value, ...]] = []
+    results: list[Appended] = []
+    for delivery in batch:
+        seq += 1
+        first = first_seen.setdefault(delivery.event_key, seq)
+        duplicate_of = None if first == seq else first  # the first of its event: None
+        content = row_content(seq, delivery, duplicate_of)
+        previous = row_hash(previous, content)
+        rows.append((*content, previous))
+        results.append(Appended(seq, duplicate_of))
+    return rows, results
+
+
+# What the projectors read of each row, in this order (`logged_deliveries`).
+LOGGED_COLUMNS = (
+    "seq, received_at, environment, event, linked_account_id, flags, duplicate_of, body"
+)
+
+
+def logged_deliveries(rows: Sequence[Sequence[Any]], after: int) -> list[LoggedDelivery]:
+    """Rows of LOGGED_COLUMNS read after seq `after`, checked gap-free, as deliveries.
+
+    Raises LogNotIntact at a missing seq: `projector verify` proves rows 1..head only up to
+    a gap, so the projectors never fold a row past one.
+    """
+    if rows and rows[-1][0] != after + len(rows):  # seqs ascend, so only a gap breaks this
+        expected = next(seq for seq, (row_seq, *_) in enumerate(rows, after + 1) if row_seq != seq)
+        raise missing_row(expected, rows[expected - after - 1][0])
+    return [logged_delivery(row) for row in rows]
+
+
+def logged_delivery(row: Sequence[Any]) -> LoggedDelivery:
+    """One row of LOGGED_COLUMNS as a delivery."""
+    seq, received_at, environment, event, account, flags, duplicate_of, body = row
+    return LoggedDelivery(
+        seq,
+        received_at,
+        environment,
+        event,
+        account,
+        () if flags == "[]" else tuple(json.loads(flags)),  # most rows: spare the parse
+        duplicate_of,
+        bytes(body),
+    )
 
 
 class RowsDoNotContinue(Exception):

@@ -61,8 +61,9 @@ _EVENT_COLUMNS = (
 OTHER_RUN_STATUS = "other"
 RUN_STATUS_FILTERS = (*(status.lower() for status in STATUS_PRECEDENCE), OTHER_RUN_STATUS)
 
-# Errors count only in the projection's current generation: a rebuild starts clean.
-_PROJECTIONS_QUERY = (
+# Every projection's name, version, position, fold errors and generation; errors count only
+# in the current generation: a rebuild starts clean.
+PROJECTIONS_QUERY = (
     "SELECT p.name, p.version, p.position, (SELECT count(*) FROM projection_errors e"
     " WHERE e.name = p.name AND e.generation = p.generation), p.generation"
     " FROM projections p ORDER BY p.name"
@@ -333,7 +334,7 @@ class SqlReads:
     async def projection_states(self) -> answers.Projections:
         """The log head and where every projection stands."""
         head = await self._rows("SELECT seq, row_hash FROM deliveries ORDER BY seq DESC LIMIT 1")
-        rows = await self._rows(_PROJECTIONS_QUERY)
+        rows = await self._rows(PROJECTIONS_QUERY)
         seq, head_hash = head[0] if head else (0, GENESIS_HASH)
         return answers.Projections(
             log_head=seq,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from projector.integrity import HASHED_COLUMNS, row_hash
-from projector.storage.port import Appended, NewDelivery, row_content
+from projector.integrity import HASHED_COLUMNS
+from projector.storage.port import Appended, NewDelivery, number_batch
 from projector.storage.postgres.connect import Connection
 
 LOG_CHANNEL = "projector_log"
@@ -53,19 +53,12 @@ async def append_rows(conn: Connection, batch: Sequence[NewDelivery]) -> list[Ap
     cur = await conn.execute(HEAD_FOR_UPDATE)
     head = await cur.fetchone()
     assert head is not None, "log_head holds exactly one row (created with the schema)"
-    seq, previous = int(head[0]), str(head[1])
     # Read after the lock is ours: in READ COMMITTED each statement sees every commit before it.
     first_seen = await first_seqs(conn, list({delivery.event_key for delivery in batch}))
-    rows: list[tuple[Any, ...]] = []
-    results: list[Appended] = []
-    for delivery in batch:
-        seq += 1
-        first = first_seen.setdefault(delivery.event_key, seq)
-        duplicate_of = None if first == seq else first  # the first of its event: None
-        content = row_content(seq, delivery, duplicate_of)
-        previous = row_hash(previous, content)
-        rows.append((*content, previous))
-        results.append(Appended(seq, duplicate_of))
+    rows, results = number_batch(int(head[0]), str(head[1]), batch, first_seen)
+    if not rows:
+        return results
+    seq, previous = results[-1].seq, rows[-1][-1]
     # One round trip for the rows, the head and the announcement; NOTIFY is delivered at
     # commit, so no process hears of rows it cannot see yet.
     async with conn.pipeline():

@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import structlog
 
-from projector import integrity
 from projector.readmodels import READ_MODELS, Changes, FoldError, ReadModel, read_changes
-from projector.storage.port import LoggedDelivery
+from projector.storage.port import LOGGED_COLUMNS, LoggedDelivery, logged_deliveries
 from projector.storage.postgres.connect import Connection
 
 logger = structlog.get_logger("projector.storage.postgres.folding")
-
-_LOGGED_COLUMNS = (
-    "seq, received_at, environment, event, linked_account_id, flags, duplicate_of, body"
-)
-
-
-def _logged(row: tuple[Any, ...]) -> LoggedDelivery:
-    seq, received_at, environment, event, account, flags, duplicate_of, body = row
-    return LoggedDelivery(
-        seq,
-        received_at,
-        environment,
-        event,
-        account,
-        () if flags == "[]" else tuple(json.loads(flags)),  # most rows: spare the parse
-        duplicate_of,
-        bytes(body),
-    )
 
 
 async def read_after(conn: Connection, after: int, limit: int) -> list[LoggedDelivery]:
@@ -41,14 +21,10 @@ async def read_after(conn: Connection, after: int, limit: int) -> list[LoggedDel
     """
     start = max(after, 0)
     cur = await conn.execute(
-        f"SELECT {_LOGGED_COLUMNS} FROM deliveries WHERE seq > %s ORDER BY seq LIMIT %s",
+        f"SELECT {LOGGED_COLUMNS} FROM deliveries WHERE seq > %s ORDER BY seq LIMIT %s",
         (start, limit),
     )
-    rows = await cur.fetchall()
-    if rows and rows[-1][0] != start + len(rows):  # seqs ascend, so only a gap breaks this
-        expected = next(seq for seq, (row_seq, *_) in enumerate(rows, start + 1) if row_seq != seq)
-        raise integrity.missing_row(expected, rows[expected - start - 1][0])
-    return [_logged(row) for row in rows]
+    return logged_deliveries(await cur.fetchall(), start)
 
 
 async def load_states(
@@ -95,12 +71,11 @@ async def fold_changes(
     after: int = 0,
 ) -> list[FoldError]:
     """Fold into `table` the changes of this model's kind past `after`; returns the errors."""
-    changes, parse_errors = read
-    mine = [(seq, c) for seq, c in changes if seq > after and isinstance(c, model.change_type)]
+    mine, parse_errors = model.changes_past(read, after)
     states = await load_states(conn, model, table, model.keys_of(mine))
     dirty, errors = model.fold_into(states, mine)
     await save_states(conn, model, table, list(dirty.values()))
-    return [e for e in parse_errors if e.seq > after] + errors
+    return parse_errors + errors
 
 
 async def record_errors(

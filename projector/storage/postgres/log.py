@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import structlog
 
-from projector.events import parse_delivery
 from projector.storage.location import PostgresUrl
 from projector.storage.port import (
     Appended,
@@ -17,6 +16,7 @@ from projector.storage.port import (
     NewDelivery,
     Overloaded,
     StorageUnavailable,
+    probe_delivery,
 )
 from projector.storage.postgres.appends import append_rows
 from projector.storage.postgres.connect import (
@@ -32,16 +32,6 @@ logger = structlog.get_logger("projector.storage.postgres.log")
 MAX_BATCH = 256
 # A batch (connecting included) that takes longer fails: its requests answer 503, not hang.
 BATCH_SECONDS = 10.0
-
-PROBE = NewDelivery.verified(
-    b"{}",
-    parse_delivery(b"{}", "test"),
-    environment="test",
-    received_at="1970-01-01T00:00:00Z",
-    key_id="readiness-probe",
-    signed_as="raw",
-    headers={},
-)
 
 
 @dataclass(frozen=True)
@@ -206,7 +196,7 @@ class PostgresLog:
             async with asyncio.timeout(BATCH_SECONDS):
                 conn = await self._connection()
                 async with conn.transaction(force_rollback=True):
-                    await append_rows(conn, [PROBE])
+                    await append_rows(conn, [probe_delivery()])
         except Exception as exc:  # of any kind: the probe fails, the appender goes on
             await close_quietly(self._conn)
             self._conn = None

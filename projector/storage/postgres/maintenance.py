@@ -15,12 +15,9 @@ from projector.storage.port import ProjectionStatus, RowsDoNotContinue, StoredRo
 from projector.storage.postgres import rebuild, schema
 from projector.storage.postgres.appends import HEAD_FOR_UPDATE, INSERT_ROWS, LOG_CHANNEL, as_columns
 from projector.storage.postgres.connect import Connection, connect, connection_parameters
+from projector.storage.queries import PROJECTIONS_QUERY
 
 _STORED_COLUMNS = ", ".join((*HASHED_COLUMNS, "row_hash"))
-STATUS_QUERY = (
-    "SELECT p.name, p.version, p.position, (SELECT count(*) FROM projection_errors e"
-    " WHERE e.name = p.name AND e.generation = p.generation) FROM projections p ORDER BY p.name"
-)
 VERIFY_CHUNK = 5000
 
 
@@ -111,8 +108,8 @@ class PostgresMaintenance:
         return await rebuild.rebuild(self._conn)
 
     async def statuses(self) -> list[ProjectionStatus]:
-        cur = await self._conn.execute(STATUS_QUERY)
-        return [ProjectionStatus(n, v, int(p), int(e)) for n, v, p, e in await cur.fetchall()]
+        cur = await self._conn.execute(PROJECTIONS_QUERY)
+        return [ProjectionStatus(n, v, int(p), int(e)) for n, v, p, e, _ in await cur.fetchall()]
 
     async def stored_rows(self, after: int, limit: int) -> list[StoredRow]:
         """Up to `limit` rows with seq > `after`, exactly as stored, in seq order."""

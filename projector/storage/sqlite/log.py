@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -10,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from projector import integrity
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash
 from projector.storage.port import (
+    LOGGED_COLUMNS,
     Appended,
     Change,
     LoggedDelivery,
@@ -20,7 +19,9 @@ from projector.storage.port import (
     NewDelivery,
     StoredRow,
     check_continues,
-    row_content,
+    logged_deliveries,
+    logged_delivery,
+    number_batch,
 )
 from projector.storage.sqlite.chain import hashed_rows, head_hash
 
@@ -238,21 +239,12 @@ def append_batch(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list
 
 def append_rows(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[Appended]:
     """Append deliveries inside the caller's write transaction (BEGIN IMMEDIATE)."""
-    results: list[Appended] = []
     seq, previous = head_hash(conn)
     # One query for every key in the batch, one executemany for every row: each SQLite
     # call gives up the GIL and must win it back from the busy event loop, so calls per
     # batch, not per row, keep the writer quick.
     first_seen = _first_seqs(conn, list({delivery.event_key for delivery in batch}))
-    rows: list[tuple[Any, ...]] = []
-    for delivery in batch:
-        seq += 1
-        first = first_seen.setdefault(delivery.event_key, seq)
-        duplicate_of = None if first == seq else first  # the first of its event: None
-        content = row_content(seq, delivery, duplicate_of)
-        previous = row_hash(previous, content)
-        rows.append((*content, previous))
-        results.append(Appended(seq, duplicate_of))
+    rows, results = number_batch(seq, previous, batch, first_seen)
     insert_many(conn, _INSERT_DELIVERY, rows)
     return results
 
@@ -269,25 +261,6 @@ def append_stored(conn: sqlite3.Connection, rows: Sequence[StoredRow]) -> None:
     insert_many(conn, _INSERT_DELIVERY, [(*row.content, row.row_hash) for row in rows])
 
 
-_LOGGED_COLUMNS = (
-    "seq, received_at, environment, event, linked_account_id, flags, duplicate_of, body"
-)
-
-
-def _logged(row: tuple[Any, ...]) -> LoggedDelivery:
-    seq, received_at, environment, event, account, flags, duplicate_of, body = row
-    return LoggedDelivery(
-        seq,
-        received_at,
-        environment,
-        event,
-        account,
-        () if flags == "[]" else tuple(json.loads(flags)),  # most rows: spare the parse
-        duplicate_of,
-        body,
-    )
-
-
 def read_after(conn: sqlite3.Connection, after: int, limit: int) -> list[LoggedDelivery]:
     """Up to `limit` deliveries with seq > `after` (and seq >= 1), in log order, gap-free.
 
@@ -296,23 +269,20 @@ def read_after(conn: sqlite3.Connection, after: int, limit: int) -> list[LoggedD
     """
     start = max(after, 0)
     rows = conn.execute(
-        f"SELECT {_LOGGED_COLUMNS} FROM deliveries WHERE seq > ? ORDER BY seq LIMIT ?",
+        f"SELECT {LOGGED_COLUMNS} FROM deliveries WHERE seq > ? ORDER BY seq LIMIT ?",
         (start, limit),
     ).fetchall()
-    if rows and rows[-1][0] != start + len(rows):  # seqs ascend, so only a gap breaks this
-        expected = next(seq for seq, (row_seq, *_) in enumerate(rows, start + 1) if row_seq != seq)
-        raise integrity.missing_row(expected, rows[expected - start - 1][0])
-    return [_logged(row) for row in rows]
+    return logged_deliveries(rows, start)
 
 
 def read_seqs(conn: sqlite3.Connection, seqs: Sequence[int]) -> list[LoggedDelivery]:
     """The deliveries with these seqs (at most 10,000 at once), in log order."""
     rows = conn.execute(
-        f"SELECT {_LOGGED_COLUMNS} FROM deliveries WHERE seq IN ({', '.join('?' * len(seqs))})"
+        f"SELECT {LOGGED_COLUMNS} FROM deliveries WHERE seq IN ({', '.join('?' * len(seqs))})"
         " ORDER BY seq",
         list(seqs),
     ).fetchall()
-    return [_logged(row) for row in rows]
+    return [logged_delivery(row) for row in rows]
 
 
 def path_of(conn: sqlite3.Connection) -> Path:

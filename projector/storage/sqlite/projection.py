@@ -11,6 +11,7 @@ import structlog
 
 from projector.readmodels import READ_MODELS, Changes, FoldError, ReadModel, read_changes
 from projector.storage.port import ProjectionStatus
+from projector.storage.queries import PROJECTIONS_QUERY
 from projector.storage.sqlite import log, tables
 
 logger = structlog.get_logger("projector.projection")
@@ -45,13 +46,6 @@ def prepare(conn: sqlite3.Connection) -> list[str]:
     return stale
 
 
-# Errors count only in the projection's current generation: a rebuild starts clean.
-STATUS_QUERY = (
-    "SELECT p.name, p.version, p.position, (SELECT count(*) FROM projection_errors e"
-    " WHERE e.name = p.name AND e.generation = p.generation) FROM projections p ORDER BY p.name"
-)
-
-
 def state_token(conn: sqlite3.Connection) -> tuple[tuple[str, int, int], ...]:
     """Every projection's position and generation: it changes whenever a read model does."""
     rows = conn.execute("SELECT name, position, generation FROM projections ORDER BY name")
@@ -60,8 +54,8 @@ def state_token(conn: sqlite3.Connection) -> tuple[tuple[str, int, int], ...]:
 
 def statuses(conn: sqlite3.Connection) -> list[ProjectionStatus]:
     """Every projection's version, position and number of recorded fold errors."""
-    rows = conn.execute(STATUS_QUERY).fetchall()
-    return [ProjectionStatus(*row) for row in rows]
+    rows = conn.execute(PROJECTIONS_QUERY).fetchall()
+    return [ProjectionStatus(*row[:4]) for row in rows]
 
 
 def fold_changes(
@@ -72,9 +66,8 @@ def fold_changes(
     after: int = 0,
 ) -> list[FoldError]:
     """Fold into `table` the changes of this model's kind past `after`; returns the errors."""
-    changes, parse_errors = read
-    mine = [(seq, c) for seq, c in changes if seq > after and isinstance(c, model.change_type)]
-    return [e for e in parse_errors if e.seq > after] + tables.apply(conn, model, table, mine)
+    mine, parse_errors = model.changes_past(read, after)
+    return parse_errors + tables.apply(conn, model, table, mine)
 
 
 def record_errors(
