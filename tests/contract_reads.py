@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from projector.integrity import GENESIS_HASH
 from projector.storage.location import Location
 from projector.storage.port import NewDelivery
 from tests.contract_support import (
@@ -24,11 +28,81 @@ from tests.contract_support import (
     serving,
     stream,
 )
-from tests.storage_support import RECEIVED_AT
+from tests.storage_support import RECEIVED_AT, new_delivery
+
+# Names the sample never uses: upper and lower case, accents (composed and not), other
+# scripts, a character beyond the BMP. Every engine must page them in byte (code point) order.
+NAMES = ("Zoë", "zoe", "Émile", "émile", "e\u0301mile", "acct_中文", "acct_😀", "ACCT_B", "acct_a")
+SLUGS = ("gmail", "Gmail", "ñandú", "app_😀")
+RUNS = ("run_é", "run_E", "run_😀", "run_z", "run_中")
+
+
+def named_deliveries() -> list[NewDelivery]:
+    """A connection for every name and slug, and runs of the first name, all in live."""
+    bodies = [
+        {"linked_account_id": name, "org_id": "o", "environment": "live", "type": "General",
+         "event": "Connection Expired", "slug": slug, "createdAt": "Mon, 01 Jun 2026 05:42:56 GMT"}
+        for name in NAMES for slug in SLUGS
+    ] + [
+        {"linked_account_id": NAMES[0], "instance_id": run, "workflow_id": "wf_ü",
+         "event": "Workflow Completed", "status": "COMPLETED", "environment": "live"}
+        for run in RUNS
+    ]  # fmt: skip
+    return [new_delivery(json.dumps(b, ensure_ascii=False).encode(), "live") for b in bodies]
 
 
 class ReadsContract(ContractBase):
     """Every Reads answer, on a log of the sample stream, as the log and the pure fold say."""
+
+    async def test_a_new_database_is_an_empty_log_with_every_projection_at_zero(
+        self, location: Location
+    ) -> None:
+        async with serving(location) as storage:
+            reads = storage.reads
+            assert await storage.projector.fold_new(100) == 0
+            assert await reads.positions() == (0, 0)
+            states = await reads.projection_states()
+            status = await reads.storage_status(datetime.now(UTC))
+            page = await reads.audit_events("live", None, None, 0, 10, None)
+            banner = await reads.account_connections("live", "12345")
+        assert (states.log_head, states.log_head_hash) == (0, GENESIS_HASH)
+        assert [(p.name, p.position, p.errors) for p in states.projections] == [
+            ("connection_health", 0, 0),
+            ("workflow_runs", 0, 0),
+        ]
+        assert (status.log_head, len(status.projections), status.max_lag_seconds) == (0, 2, 0.0)
+        assert (page.events, page.next_cursor, banner.connections) == ([], None, [])
+        async with maintaining(location) as maintenance:
+            assert await maintenance.head() == (0, GENESIS_HASH)
+            assert await maintenance.stored_rows(0, 10) == []
+            verification = await maintenance.verify()
+        assert verification.intact
+        assert verification.chain.rows == 0
+
+    @pytest.mark.parametrize("limit", [1, 3])
+    async def test_names_in_any_script_page_in_byte_order_and_are_found_exactly(
+        self, location: Location, limit: int
+    ) -> None:
+        deliveries = named_deliveries()
+        async with serving(location) as storage:
+            await append_folding(storage, deliveries)
+            reads = storage.reads
+            listed = await connection_list(reads, "live", limit=limit)
+            assert [(c["linked_account_id"], c["slug"]) for c in listed] == sorted(
+                (name, slug) for name in NAMES for slug in SLUGS
+            )
+            for name in NAMES:
+                banner = await reads.account_connections("live", name)
+                assert [c.slug for c in banner.connections] == sorted(SLUGS)
+                assert await audit_seqs(reads, "live", account=name) == [
+                    seq for seq, d in enumerate(deliveries, 1) if d.linked_account_id == name
+                ]
+            runs = await run_list(reads, "live", NAMES[0], limit=limit)
+            assert [r["instance_id"] for r in runs] == sorted(RUNS)
+            for run in RUNS:
+                summary = await reads.run_summary("live", run)
+                assert summary is not None
+                assert (summary.workflow_id, summary.status) == ("wf_ü", "completed")
 
     # --- reads -------------------------------------------------------------------------------
 

@@ -129,17 +129,19 @@ def runs_of(deliveries: Sequence[NewDelivery]) -> list[tuple[str, str]]:
     return sorted({(d.environment, d.instance_id) for d in deliveries if d.instance_id})
 
 
-async def connection_list(reads: Reads, environment: str, status: str | None = None) -> list[Any]:
+async def connection_list(
+    reads: Reads, environment: str, status: str | None = None, limit: int = 7
+) -> list[Any]:
     async def page(cursor: str | None) -> Page:
-        answer = await reads.list_connections(environment, status, None, 7, cursor)
+        answer = await reads.list_connections(environment, status, None, limit, cursor)
         return [c.model_dump() for c in answer.connections], answer.next_cursor
 
     return await walk(page)
 
 
-async def run_list(reads: Reads, environment: str, account: str) -> list[Any]:
+async def run_list(reads: Reads, environment: str, account: str, limit: int = 3) -> list[Any]:
     async def page(cursor: str | None) -> Page:
-        answer = await reads.account_runs(environment, account, None, None, 3, cursor)
+        answer = await reads.account_runs(environment, account, None, None, limit, cursor)
         return [r.model_dump() for r in answer.runs], answer.next_cursor
 
     return await walk(page)

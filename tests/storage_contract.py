@@ -10,11 +10,21 @@ from __future__ import annotations
 import asyncio
 import base64
 
+import pytest
+
 from projector.storage.location import Location
-from projector.storage.port import row_content
+from projector.storage.port import Overloaded, row_content
 from tests.contract_chain import ChainContract
 from tests.contract_reads import ReadsContract
-from tests.contract_support import ENVIRONMENTS, fold_all, maintaining, serving, stream
+from tests.contract_support import (
+    ENVIRONMENTS,
+    append_folding,
+    every_answer,
+    fold_all,
+    maintaining,
+    serving,
+    stream,
+)
 from tests.storage_support import ODD_BODY, new_delivery
 
 # Signed with the live key but naming the test environment: stored, flagged, never folded.
@@ -53,7 +63,8 @@ class StorageContract(ReadsContract, ChainContract):
     async def test_concurrent_appends_share_commits_and_every_one_lands(
         self, location: Location
     ) -> None:
-        deliveries = stream()[:120]
+        deliveries = stream()[:100]
+        deliveries += deliveries[:20]  # repeats: some may share a commit with their first
         batches: list[int] = []
         async with serving(location, batches) as storage:
             appended = await asyncio.gather(*(storage.log.append(d) for d in deliveries))
@@ -61,9 +72,55 @@ class StorageContract(ReadsContract, ChainContract):
         assert sorted(a.seq for a in appended) == list(range(1, 121))
         assert sum(batches) == 120
         assert len(batches) < 120  # some appends were committed together
+        first_seq: dict[str, int] = {}
+        for a, d in sorted(zip(appended, deliveries, strict=True), key=lambda pair: pair[0].seq):
+            first = first_seq.setdefault(d.event_key, a.seq)
+            assert a.duplicate_of == (None if first == a.seq else first), a
+        assert sum(a.duplicate_of is not None for a in appended) >= 20
         async with maintaining(location) as maintenance:
             stored = {row.seq: row.content[6] for row in await maintenance.stored_rows(0, 200)}
         assert stored == {a.seq: d.body for a, d in zip(appended, deliveries, strict=True)}
+
+    async def test_closing_commits_every_append_already_queued(self, location: Location) -> None:
+        deliveries = stream()[:300]
+        async with serving(location) as storage:
+            queued = [asyncio.create_task(storage.log.append(d)) for d in deliveries]
+            await asyncio.sleep(0)  # every append is queued; close() comes next
+        assert sorted(a.seq for a in await asyncio.gather(*queued)) == list(range(1, 301))
+        async with maintaining(location) as maintenance:
+            assert (await maintenance.head())[0] == 300
+
+    async def test_appends_beyond_max_pending_are_refused_as_overloaded(
+        self, location: Location
+    ) -> None:
+        first, second, third = stream()[:3]
+        async with serving(location, max_pending=2) as storage:
+            queued = [asyncio.create_task(storage.log.append(d)) for d in (first, second)]
+            await asyncio.sleep(0)  # both are queued; no commit has answered yet
+            with pytest.raises(Overloaded, match="2 deliveries are waiting"):
+                await storage.log.append(third)
+            assert [(await task).seq for task in queued] == [1, 2]
+            assert storage.log.pending == 0
+            assert (await storage.log.append(third)).seq == 3
+
+    async def test_a_reopened_log_keeps_its_rows_and_answers_and_goes_on_after_them(
+        self, location: Location
+    ) -> None:
+        deliveries = stream()[:30]
+        async with serving(location) as storage:
+            await append_folding(storage, deliveries)
+            before = await every_answer(storage.reads, deliveries)
+        async with serving(location) as storage:
+            assert await storage.reads.positions() == (30, 30)
+            assert await every_answer(storage.reads, deliveries) == before
+            repeat = await storage.log.append(deliveries[0])
+            after = await storage.log.append(new_delivery(CLEAN, "live"))
+            await fold_all(storage.projector)
+            assert await storage.reads.positions() == (32, 32)
+        assert (repeat.seq, repeat.duplicate_of) == (31, 1)
+        assert (after.seq, after.duplicate_of) == (32, None)
+        async with maintaining(location) as maintenance:
+            assert (await maintenance.verify()).intact
 
     async def test_a_repeat_is_stored_again_as_a_duplicate_of_the_first_seq(
         self, location: Location
