@@ -111,14 +111,18 @@ class ReadsContract(ContractBase):
     ) -> None:
         deliveries = stream()
 
-        def seqs(keep: Callable[[NewDelivery], bool]) -> list[int]:
-            return [seq for seq, d in enumerate(deliveries, 1) if keep(d)]
+        def seqs(environment: str, keep: Callable[[NewDelivery], bool] = bool) -> list[int]:
+            return [
+                seq
+                for seq, d in enumerate(deliveries, 1)
+                if d.environment == environment and keep(d)
+            ]
 
         async with serving(location) as storage:
             await append_folding(storage, deliveries)
             reads = storage.reads
             for environment in ENVIRONMENTS:
-                here = seqs(lambda d, e=environment: d.environment == e)  # type: ignore[misc]
+                here = seqs(environment)
                 assert await audit_seqs(reads, environment) == here
                 flagged = [s for s in here if deliveries[s - 1].flags]
                 assert flagged
@@ -131,22 +135,18 @@ class ReadsContract(ContractBase):
                 ("test", "not_json"),
                 ("test", "missing_field:slug"),
             ):
-                carrying = seqs(
-                    lambda d, e=environment, f=flag: d.environment == e and f in d.flags
-                )  # type: ignore[misc]
+                carrying = [s for s in seqs(environment) if flag in deliveries[s - 1].flags]
                 assert carrying
                 assert await audit_seqs(reads, environment, flag=flag) == carrying
             assert await audit_seqs(reads, "test", flag="missing_field") == []  # whole flags only
-            expected = seqs(lambda d: (d.environment, d.linked_account_id) == ("live", "12345"))
+            expected = seqs("live", lambda d: d.linked_account_id == "12345")
             assert len(expected) > 1
             assert await audit_seqs(reads, "live", account="12345") == expected
-            expired = seqs(lambda d: (d.environment, d.event) == ("live", "Connection Expired"))
+            expired = seqs("live", lambda d: d.event == "Connection Expired")
             assert expired
             assert await audit_seqs(reads, "live", event="Connection Expired") == expired
             after = await reads.audit_events("live", None, None, 400, 5, None)
-            assert [e.seq for e in after.events] == [
-                s for s in seqs(lambda d: d.environment == "live") if s > 400
-            ][:5]
+            assert [e.seq for e in after.events] == [s for s in seqs("live") if s > 400][:5]
 
     async def test_audit_event_gives_back_each_delivery_exactly_and_only_in_its_environment(
         self, location: Location
