@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 
@@ -39,12 +40,21 @@ class ChainContract(ContractBase):
             generations = [
                 p.generation for p in (await storage.reads.projection_states()).projections
             ]
+            token = await storage.projector.state_token()
             async with maintaining(location) as maintenance:
                 assert await maintenance.rebuild() == len(deliveries)
+            # The swap is a change the service must hear of, though no delivery was folded.
+            assert await storage.projector.state_token() != token
             states = await storage.reads.projection_states()
+            status = await storage.reads.storage_status(datetime.now(UTC))
             assert await every_answer(storage.reads, deliveries) == live
         assert [p.generation for p in states.projections] != generations
         assert [p.position for p in states.projections] == [len(deliveries)] * 2
+        swapped = {p.rebuilt_at for p in status.projections}
+        assert len(swapped) == 1  # one swap for both projections
+        (rebuilt_at,) = swapped
+        assert isinstance(rebuilt_at, str)
+        assert datetime.fromisoformat(rebuilt_at).tzinfo is not None
 
     async def test_any_arrival_order_with_repeats_folds_to_the_same_answers(
         self, new_location: NewLocation
