@@ -230,12 +230,13 @@ def check_continues(head: int, head_hash: str, row: StoredRow) -> None:
     """Raise RowsDoNotContinue unless `row` is the next row after (`head`, `head_hash`)."""
     if row.seq != head + 1:
         raise RowsDoNotContinue(
-            f"the next row would be seq {head + 1}, but the copied row has seq {row.seq}"
+            f"the copied row with seq {row.seq} does not continue this log, whose next seq is "
+            f"{head + 1}: copy into an empty database, or resume from seq {head + 1}"
         )
     if row_hash(head_hash, row.content) != row.row_hash:
         raise RowsDoNotContinue(
-            f"the copied row seq {row.seq} does not chain to the destination's head hash "
-            f"{head_hash}: the two logs differ before it"
+            f"the copied row with seq {row.seq} does not chain to this log's head hash "
+            f"{head_hash}: the two logs differ before it (run `projector verify` on both)"
         )
 
 

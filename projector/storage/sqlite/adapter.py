@@ -118,8 +118,17 @@ class SqliteMaintenance:
         log.check_version(self._conn)
         quick_check = [row[0] for row in self._conn.execute("PRAGMA quick_check")]
         report = chain.verify_chain(self._conn)
-        line = f"sqlite quick_check: {'; '.join(quick_check)}"
-        return Verification(report, (line,), quick_check == ["ok"])
+        guards = log.missing_guards(self._conn)
+        checks = (
+            f"sqlite quick_check: {'; '.join(quick_check)}",
+            "sqlite append-only triggers: "
+            + (
+                "in place"
+                if not guards
+                else f"MISSING {', '.join(guards)} (the log can be altered)"
+            ),
+        )
+        return Verification(report, checks, quick_check == ["ok"] and not guards)
 
     async def rebuild(self) -> int:
         return await asyncio.to_thread(replay.rebuild, self._conn)

@@ -190,6 +190,26 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute(f"PRAGMA user_version = {version + 1}")
 
 
+# The triggers that keep the log append-only, gap-free and hashed (created by MIGRATIONS).
+GUARDS = (
+    "deliveries_seq_without_gaps",
+    "deliveries_no_delete",
+    "deliveries_no_update",
+    "deliveries_hash_required",
+)
+
+
+def missing_guards(conn: sqlite3.Connection) -> list[str]:
+    """The GUARDS triggers that are not on the log (someone dropped them)."""
+    present = {
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'deliveries'"
+        )
+    }
+    return [name for name in GUARDS if name not in present]
+
+
 def head(conn: sqlite3.Connection) -> int:
     """The last seq in the log, 0 when empty."""
     row = conn.execute("SELECT coalesce(max(seq), 0) FROM deliveries").fetchone()
