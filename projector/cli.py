@@ -17,7 +17,7 @@ from projector.config import ConfigError, Settings, load_settings, normalise_env
 from projector.logs import configure_logging
 from projector.sender import send_bodies, terminal_progress
 from projector.storage.engine import check_location, open_maintenance, open_reads
-from projector.storage.port import LogSchemaError, RowsDoNotContinue
+from projector.storage.port import LogSchemaError, RowsDoNotContinue, StorageUnavailable
 from projector.storage.sqlite import database, replay
 
 EXIT_CONFIG = 2
@@ -364,6 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RowsDoNotContinue as exc:
         print(f"projector: {exc}", file=sys.stderr)
         return 1
+    except StorageUnavailable as exc:  # PostgreSQL not reachable: its message says what to do
+        print(f"projector: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     # Only start-up errors reach here; the service handles its own.
     except sqlite3.DatabaseError as exc:
         print(

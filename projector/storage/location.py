@@ -101,4 +101,5 @@ def parse_location(raw: str | Path) -> Location:
             f"PROJECTOR_DB ({redact(text)}): {'; '.join(problems)}; the form is "
             "postgresql://user:password@host:port/dbname[?sslmode=require&...]"
         )
-    return PostgresUrl(text)
+    # libpq reads the scheme in lower case only.
+    return PostgresUrl(scheme + text[len(scheme) :])
