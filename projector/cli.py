@@ -1,4 +1,4 @@
-"""The `projector` command: serve, rebuild, verify, backup, send, events, schemas, subscribe..."""
+"""The `projector` command: serve, rebuild, verify, backup, copy, send, events, schemas..."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from projector import integrity, schemas, server
+from projector import integrity, logcopy, schemas, server
 from projector.cli_subscriptions import add_commands as add_subscription_commands
 from projector.cliargs import EPILOGS, flag_argument, log_position, package_version, whole_number
 from projector.config import ConfigError, Settings, load_settings, normalise_environment
 from projector.logs import configure_logging
 from projector.sender import send_bodies, terminal_progress
 from projector.storage.engine import check_location, open_maintenance, open_reads
+from projector.storage.location import Location, parse_location
 from projector.storage.port import LogSchemaError, RowsDoNotContinue, StorageUnavailable
 from projector.storage.sqlite import database, replay
 
@@ -133,6 +134,32 @@ def cmd_backup(args: argparse.Namespace) -> int:
         source.close()
     print(f"backed up {head} deliveries and the read models to {destination}")
     return 0
+
+
+# --- copy -------------------------------------------------------------------------------
+
+
+def _location(raw: str, name: str) -> Location:
+    try:
+        return parse_location(raw, name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    settings = _settings(args, secrets=False)
+    configure_logging(settings.log_format, settings.log_level)
+    source = _location(args.source, "SOURCE")
+    destination = _location(args.destination, "DEST")
+    progress = terminal_progress(sys.stderr)
+    try:
+        return asyncio.run(logcopy.run_copy(source, destination, sys.stdout, progress))
+    except (logcopy.LogsDiffer, logcopy.CopyStopped) as exc:
+        print(f"projector: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if progress is not None:
+            progress.end()
 
 
 # --- send -------------------------------------------------------------------------------
@@ -299,6 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backup.add_argument("destination", metavar="FILE")
     backup.set_defaults(run=cmd_backup)
+
+    copy = _command(
+        commands,
+        "copy",
+        "copy the log row for row (seq, hashes and all) from SOURCE to DEST, each a SQLite "
+        "file or a postgresql:// URL, resuming after DEST's head; then rebuild DEST's read models",
+    )
+    copy.add_argument("source", metavar="SOURCE", help="read-only; may be a running service's")
+    copy.add_argument("destination", metavar="DEST", help="created if new")
+    copy.set_defaults(run=cmd_copy)
 
     send = _command(
         commands,

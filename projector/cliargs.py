@@ -97,6 +97,16 @@ EPILOGS = {
         "     new, in a folder that exists and that you can write to)\n",
         "PROJECTOR_DB=data/projector.sqlite3 projector backup /backups/projector-monday.sqlite3",
     ),
+    "copy": _epilog(
+        "  no database variable: SOURCE and DEST, each a SQLite file or a postgresql:// URL\n"
+        + _LOGS,
+        "  0  copied: both heads (seq and hash) are printed, and match\n"
+        "  1  the logs differ (DEST holds rows that are not SOURCE's), SOURCE is not intact,\n"
+        "     or a database failed part-way: run the same command again to resume\n"
+        "  2  a configuration error, named in one line: a bad URL, a file that cannot be\n"
+        "     read or created, a server that cannot be reached (nothing was copied)\n",
+        "projector copy data/projector.sqlite3 postgresql://projector:$PW@db.example.com/projector",
+    ),
     "send": _epilog(
         "  PROJECTOR_SIGNING_KEYS environment:api_key pairs; the first key of each\n"
         "                         environment signs that environment's lines\n" + _LOGS,

@@ -36,6 +36,7 @@ from tests.support import (
 COMMANDS = {
     "serve": "run the receiver",
     "rebuild": "replay the whole log",
+    "copy": "copy the log row for row",
     "send": "sign each line",
     "events": "audit trail",
     "schemas": "JSON Schemas",
@@ -114,6 +115,7 @@ READS = {
     "rebuild": {"PROJECTOR_DB", *LOGS},
     "verify": {"PROJECTOR_DB"},
     "backup": {"PROJECTOR_DB"},
+    "copy": LOGS,
     "send": {"PROJECTOR_SIGNING_KEYS", *LOGS},
     "events": {"PROJECTOR_DB", *LOGS},
     "schemas": set(),
@@ -126,6 +128,7 @@ EXIT_CODES = {
     "rebuild": ["0", "1", "2"],
     "verify": ["0", "1", "2"],
     "backup": ["0", "2"],
+    "copy": ["0", "1", "2"],
     "send": ["0", "1", "2"],
     "events": ["0", "2"],
     "schemas": ["0", "1", "2"],

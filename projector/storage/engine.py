@@ -23,6 +23,7 @@ from projector.storage.port import (
     StorageUnavailable,
 )
 from projector.storage.postgres.adapter import PostgresStorage, postgres_reads
+from projector.storage.postgres.connect import describe_error as postgres_error
 from projector.storage.postgres.maintenance import open_maintenance as open_postgres_maintenance
 from projector.storage.queries import SQLITE, SqlReads
 from projector.storage.sqlite import database
@@ -45,6 +46,13 @@ def unusable(location: Location, reason: str) -> ConfigError:
     if isinstance(location, Path):
         return database.unusable(location, reason)
     return ConfigError(f"PROJECTOR_DB ({location}): {reason}")
+
+
+def describe_error(location: Location, exc: BaseException) -> str:
+    """`exc` on one line, fit for a message: never a PostgreSQL password."""
+    if isinstance(location, PostgresUrl):
+        return postgres_error(location, exc)
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def check_location(location: Location, *, readonly: bool, create: bool = False) -> None:
@@ -76,12 +84,15 @@ def storage_for(
 
 
 async def open_maintenance(
-    location: Location, *, readonly: bool, create: bool = False
+    location: Location, *, readonly: bool, create: bool = False, label: str = "PROJECTOR_DB"
 ) -> Maintenance:
-    """The log for a CLI command; `readonly` never migrates or writes."""
+    """The log for a CLI command; `readonly` never migrates or writes.
+
+    `label` is what named a SQLite file, for its messages (PROJECTOR_DB, or copy's SOURCE).
+    """
     if isinstance(location, PostgresUrl):
-        return await open_postgres_maintenance(location, create=not readonly)
-    return SqliteMaintenance(location, readonly=readonly, create=create)
+        return await open_postgres_maintenance(location, create=not readonly, readonly=readonly)
+    return SqliteMaintenance(location, readonly=readonly, create=create, label=label)
 
 
 @asynccontextmanager

@@ -72,8 +72,11 @@ def redact(url: str) -> str:
 Location = Path | PostgresUrl
 
 
-def parse_location(raw: str | Path) -> Location:
-    """What PROJECTOR_DB names: a SQLite file, or a PostgreSQL database; ValueError says why not."""
+def parse_location(raw: str | Path, name: str = "PROJECTOR_DB") -> Location:
+    """What PROJECTOR_DB (or `name`) names: a SQLite file, or a PostgreSQL database.
+
+    Raises ValueError saying why not.
+    """
     if isinstance(raw, Path):
         return raw
     text = raw.strip()
@@ -82,7 +85,7 @@ def parse_location(raw: str | Path) -> Location:
         return Path(text)
     if scheme not in POSTGRES_SCHEMES:
         raise ValueError(
-            f"PROJECTOR_DB: {scheme}:// is not a database this service can use; give a file "
+            f"{name}: {scheme}:// is not a database this service can use; give a file "
             "path for SQLite, or postgresql://user:password@host:port/dbname for PostgreSQL"
         )
     parts = urlsplit(text)
@@ -98,7 +101,7 @@ def parse_location(raw: str | Path) -> Location:
         problems.append("its port is not a number")
     if problems:
         raise ValueError(
-            f"PROJECTOR_DB ({redact(text)}): {'; '.join(problems)}; the form is "
+            f"{name} ({redact(text)}): {'; '.join(problems)}; the form is "
             "postgresql://user:password@host:port/dbname[?sslmode=require&...]"
         )
     # libpq reads the scheme in lower case only.

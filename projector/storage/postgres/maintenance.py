@@ -153,14 +153,21 @@ class PostgresMaintenance:
         await self._conn.close()
 
 
-async def open_maintenance(url: PostgresUrl, *, create: bool = False) -> PostgresMaintenance:
-    """Connect for the CLI; `create` makes or upgrades the schema (a copy's destination)."""
+async def open_maintenance(
+    url: PostgresUrl, *, create: bool = False, readonly: bool = False
+) -> PostgresMaintenance:
+    """Connect for the CLI; `create` makes or upgrades the schema (a copy's destination).
+
+    `readonly` (verify, a copy's source) makes the session refuse every write.
+    """
     conn = await connect(url)
     try:
         if create:
             await schema.migrate(conn)
         else:
             await schema.check_version(conn)  # nothing but `serve` migrates a log in use
+        if readonly:
+            await conn.execute("SET default_transaction_read_only = on")
     except BaseException:
         await conn.close()
         raise

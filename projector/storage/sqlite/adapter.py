@@ -102,9 +102,11 @@ class SqliteStorage:
 class SqliteMaintenance:
     """`projector verify`, `rebuild` and `copy` on a SQLite file (port.Maintenance)."""
 
-    def __init__(self, path: Path, *, readonly: bool, create: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, readonly: bool, create: bool = False, label: str = "PROJECTOR_DB"
+    ) -> None:
         self.description = str(database.shown(path))
-        self._conn = database.open_database(path, readonly=readonly, create=create)
+        self._conn = database.open_database(path, readonly=readonly, create=create, label=label)
         if not readonly:
             log.migrate(self._conn)
 
