@@ -86,7 +86,6 @@ class SqliteStorage:
         await self._lane.open()
         await self._lane.run(log.migrate)
         stale = await self._lane.run(projection.prepare)
-        await self._lane.run(outbox.prepare)
         if stale:
             # New database, or a release changed a fold: the read models are rebuilt.
             logger.info("projections_rebuilding", projections=stale, reason="new or changed")

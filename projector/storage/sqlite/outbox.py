@@ -36,15 +36,14 @@ CREATE INDEX IF NOT EXISTS alert_outbox_by_sent_at ON alert_outbox (sent_at)
 
 def prepare(conn: sqlite3.Connection) -> None:
     """Create the alert tables if missing (empty: alerting starts when first enabled)."""
-    with log.transaction(conn):
-        for statement in _TABLES.split(";\n"):
-            conn.execute(statement)
-        for model in READ_MODELS:
-            columns = ", ".join(f"{c} TEXT" for c in model.columns)
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {sql.state_table(model)} ({columns},"
-                f" PRIMARY KEY ({', '.join(model.key_columns)})) WITHOUT ROWID"
-            )
+    for statement in _TABLES.split(";\n"):
+        conn.execute(statement)
+    for model in READ_MODELS:
+        columns = ", ".join(f"{c} TEXT" for c in model.columns)
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {sql.state_table(model)} ({columns},"
+            f" PRIMARY KEY ({', '.join(model.key_columns)})) WITHOUT ROWID"
+        )
 
 
 def derive(conn: sqlite3.Connection, limit: int) -> int:
