@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from projector import api, apidocs, changes, health, metrics, ui
+from projector.alerting import AlertLoop
 from projector.answercache import AnswerCache
 from projector.config import Settings
 from projector.receiver import make_receiver
@@ -66,9 +67,13 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
         middlewares=[api.json_errors, api.bearer_auth(settings.read_tokens), api.etag(answers)],
     )
 
+    alert_loop: AlertLoop | None = None
+
     def read_models_changed() -> None:
         answers.read_models_changed()
         change_hub.read_models_changed()
+        if alert_loop is not None:
+            alert_loop.wake()
 
     storage = storage_for(
         settings.db,
@@ -78,6 +83,15 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
     )
     change_hub = changes.add_change_stream(app, settings, storage.reads)
     app[STORAGE] = storage
+    if settings.alert_url:
+        alert_loop = AlertLoop(
+            storage.alerts,
+            storage.projector,
+            settings.alert_url,
+            max_per_minute=settings.alert_max_per_minute,
+            retry_seconds=settings.alert_retry_seconds,
+            metrics=observed,
+        )
     app[api.READS] = storage.reads
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -86,11 +100,15 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
             project_continuously(storage.projector, read_models_changed), name="projector"
         )
         watch.task = projector
+        # Alerts are derived and sent by a task of their own: ingest never waits on them.
+        alerting = None if alert_loop is None else asyncio.create_task(alert_loop.run())
         logger.info("storage_ready", db=storage.description)
         yield
         # Shutdown: requests have finished; stop folding, commit what is queued, close.
-        projector.cancel()
-        await asyncio.gather(projector, return_exceptions=True)
+        tasks = [task for task in (projector, alerting) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await storage.close()
 
     app.cleanup_ctx.append(lifecycle)

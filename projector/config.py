@@ -127,6 +127,12 @@ class Settings(BaseSettings):
     public_url: str | None = None
     refold_api: str = "https://app.refold.ai"
     refold_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Alerting (projector.alerting): where alerts are POSTed (a secret, like a Slack webhook
+    # URL: never logged whole), how many go one by one in a minute before a flood is summed
+    # up, and the first retry's delay (each further retry waits twice as long).
+    alert_url: str | None = Field(default=None, repr=False)
+    alert_max_per_minute: int = Field(default=30, ge=1, le=10_000)
+    alert_retry_seconds: float = Field(default=10.0, gt=0, le=600)
 
     @field_validator("signing_keys", mode="before")
     @classmethod
@@ -164,6 +170,12 @@ class Settings(BaseSettings):
     def _refold_api(cls, value: Any) -> str:
         return parse_base_url("PROJECTOR_REFOLD_API", str(value).strip(), "https://app.refold.ai")
 
+    @field_validator("alert_url", mode="before")
+    @classmethod
+    def _alert_url(cls, value: Any) -> str | None:
+        text = str(value).strip() if value is not None else ""
+        return parse_alert_url(text) or None
+
     @field_validator("read_tokens", mode="before")
     @classmethod
     def _tokens(cls, value: Any) -> tuple[bytes, ...]:
@@ -182,6 +194,24 @@ def parse_base_url(name: str, raw: str, example: str) -> str:
             f"{name} is {raw[:60]!r}; set it to an http:// or https:// address such as {example}"
         )
     return raw.rstrip("/")
+
+
+_ALERT_URL = re.compile(r"(https?)://([^\s/?#@]+@)?([^\s/?#@]+)(/[^\s#]*)?(\?[^\s#]*)?")
+
+
+def parse_alert_url(raw: str) -> str:
+    """PROJECTOR_ALERT_URL: an http(s) address, path and query kept; '' stays ''.
+
+    The message never repeats the URL past its host: a webhook URL's path is its secret.
+    """
+    if raw and not _ALERT_URL.fullmatch(raw):
+        shown = raw.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[2][:60]
+        raise ConfigError(
+            f"PROJECTOR_ALERT_URL (host {shown!r}) is not an http:// or https:// URL; set it "
+            "to the address alerts are POSTed to, such as a Slack incoming webhook "
+            "(https://hooks.slack.com/services/...), without spaces or a #fragment"
+        )
+    return raw
 
 
 def parse_max_lag(raw: object) -> float:

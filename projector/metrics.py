@@ -116,6 +116,24 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+        # Alerting (projector.alerting), counted by the process that sends.
+        self.alerts_sent = Counter(
+            "projector_alerts_sent",
+            "Alerts POSTed to PROJECTOR_ALERT_URL and answered 2xx, by kind (a summary's count).",
+            ["kind"],
+            registry=registry,
+        )
+        self.alerts_failed = Counter(
+            "projector_alerts_failed",
+            "Alerts given up on after every retry failed, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.alerts_pending = Gauge(
+            "projector_alerts_pending",
+            "Alerts waiting to be sent, as the sending process last read them (else 0).",
+            registry=registry,
+        )
         self.http_requests = Counter(
             "projector_http_requests",
             "HTTP requests answered, by route template, method and status.",

@@ -10,7 +10,7 @@ import pytest
 
 from projector.storage.location import PostgresUrl
 from projector.storage.port import LogSchemaError
-from projector.storage.postgres import PostgresStorage, rebuild
+from projector.storage.postgres import PostgresStorage, rebuild, schema
 from projector.storage.postgres.connect import connect
 from tests.postgres_support import fold_all, fresh_database, opened, positions, query, read_models
 from tests.storage_support import NAMES, rebuilt, sample_deliveries
@@ -89,7 +89,7 @@ async def test_processes_starting_together_on_an_empty_database_create_it_once(
         await asyncio.gather(*(storage.open() for storage in starting))
     finally:
         await asyncio.gather(*(storage.close() for storage in starting))
-    assert await query(pg_url, "SELECT version FROM projector_schema") == [(1,)]
+    assert await query(pg_url, "SELECT version FROM projector_schema") == [(schema.SCHEMA_VERSION,)]
     assert await query(pg_url, "SELECT seq FROM log_head") == [(0,)]
     assert await query(pg_url, "SELECT generation FROM rebuilds") == [(1,)]
 

@@ -401,8 +401,53 @@ class Reads(Protocol):
     ) -> list[ChangedRow]: ...
 
 
+@dataclass(frozen=True)
+class OutboxRow:
+    """An alert waiting in the outbox: its seq (one alert per seq at most) and its fields."""
+
+    seq: int
+    fields: dict[str, Any]  # alerts.Alert.fields(), as stored
+    attempts: int
+    next_attempt_at: float  # time.time() from which it may be sent (again)
+
+
+@dataclass(frozen=True)
+class FailedAttempt:
+    """A POST of an alert that did not get a 2xx: retry at `retry_at`, or None: given up."""
+
+    seq: int
+    attempts: int
+    error: str
+    retry_at: float | None
+
+
+class AlertOutbox(Protocol):
+    """The alert projector's state, checkpoint and outbox; never touched by a rebuild.
+
+    On PostgreSQL, only the projector lease's holder derives (fenced in the transaction).
+    """
+
+    async def derive(self, limit: int) -> int:
+        """Fold up to `limit` deliveries past the alert checkpoint, queue the alerts they raise
+        and move the checkpoint, in one transaction; returns how many were folded.
+
+        The first call on a database seeds the alert state at the log head: history is
+        folded without alerting. 0 when nothing is new or another process holds the lease.
+        """
+
+    async def pending(self, limit: int) -> list[OutboxRow]:
+        """Up to `limit` alerts not yet sent nor given up, in seq order."""
+
+    async def sent_since(self, since: float) -> list[float]:
+        """When each alert sent at or after `since` (time.time()) was sent."""
+
+    async def mark_sent(self, seqs: Sequence[int], at: float) -> None: ...
+
+    async def mark_failed(self, attempts: Sequence[FailedAttempt], at: float) -> None: ...
+
+
 class Storage(Protocol):
-    """One opened database: its log, its projector and its reads."""
+    """One opened database: its log, its projector, its reads and its alert outbox."""
 
     @property
     def description(self) -> str:
@@ -416,6 +461,9 @@ class Storage(Protocol):
 
     @property
     def reads(self) -> Reads: ...
+
+    @property
+    def alerts(self) -> AlertOutbox: ...
 
     async def open(self) -> None:
         """Connect, create or migrate the schema, rebuild projections whose version changed."""

@@ -20,6 +20,7 @@ from projector.http import header_text
 from projector.integrity import GENESIS_HASH
 from projector.json_body import load_json_object
 from projector.storage.account_reads import AccountReads
+from projector.storage.outbox_sql import outbox_state
 from projector.storage.port import ChangedRow, ProjectionLag, StorageStatus
 
 Fetch = Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]]
@@ -343,6 +344,7 @@ class SqlReads:
                 answers.ProjectionState(name=n, version=v, position=p, errors=e, generation=g)
                 for n, v, p, e, g in rows
             ],
+            alerts=await outbox_state(self._fetch),
         )
 
     async def fold_errors(self, name: str, limit: int, cursor: str | None) -> answers.FoldErrorList:

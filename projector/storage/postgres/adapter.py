@@ -21,6 +21,7 @@ from projector.storage.postgres.connect import (
     unavailable,
 )
 from projector.storage.postgres.log import PostgresLog
+from projector.storage.postgres.outbox import PostgresOutbox
 from projector.storage.postgres.projector import LEASE_SECONDS, PostgresProjector
 from projector.storage.queries import POSTGRES, SqlReads
 
@@ -66,6 +67,7 @@ class PostgresStorage:
         # A local commit wakes this process's projector at once; others hear the NOTIFY.
         self.log = PostgresLog(url, max_pending=max_pending, on_commit=self.projector.wake)
         self.reads = SqlReads(PostgresReads(url, self._pool).fetch, POSTGRES)
+        self.alerts = PostgresOutbox(url, self.projector)
 
     async def open(self) -> None:
         """Connect, create or migrate the schema, rebuild projections whose version changed."""
@@ -92,6 +94,7 @@ class PostgresStorage:
     async def close(self) -> None:
         """Commit what is queued, then close every connection."""
         await self.log.close()
+        await self.alerts.close()
         await self.projector.close()
         await self._pool.close()
 

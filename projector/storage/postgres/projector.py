@@ -80,6 +80,11 @@ class PostgresProjector:
         """Whether this process holds a live lease (by its own clock, conservatively)."""
         return self._epoch is not None and time.monotonic() - self._renewed_at < self._lease_seconds
 
+    @property
+    def lease(self) -> tuple[str, int, float] | None:
+        """Owner, epoch and length of the lease this process holds, for fenced writes; or None."""
+        return None if self._epoch is None else (self.owner, self._epoch, self._lease_seconds)
+
     def wake(self) -> None:
         """Called after a commit of this process's log: new deliveries are there."""
         self._woken.set()

@@ -12,7 +12,7 @@ from projector.readmodels import READ_MODELS, ReadModel
 from projector.storage.port import LogSchemaError
 from projector.storage.postgres.connect import Connection
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Held (per transaction) by whoever creates or migrates the schema: processes starting at
 # once take turns, and each re-reads the version once it holds the lock.
 MIGRATION_LOCK = 0x726566_6F6C6401  # "refold" 1
@@ -84,8 +84,36 @@ async def _create_log(conn: Connection) -> None:
     await conn.execute(_CREATE_LOG)
 
 
+# Version 2: the alert projector's checkpoint, outbox and states (projector.alerting); empty
+# until alerting is first enabled, and never touched by a rebuild.
+_CREATE_ALERTS = """
+CREATE TABLE alert_checkpoint (
+    one_row integer PRIMARY KEY CHECK (one_row = 1), position bigint NOT NULL,
+    quiet_until bigint NOT NULL, fold_versions text NOT NULL
+);
+CREATE TABLE alert_outbox (
+    seq bigint PRIMARY KEY, kind text COLLATE "C" NOT NULL, fields text NOT NULL,
+    status text COLLATE "C" NOT NULL, attempts integer NOT NULL,
+    next_attempt_at double precision NOT NULL, sent_at double precision,
+    failed_at double precision, last_error text
+);
+CREATE INDEX alert_outbox_by_status ON alert_outbox (status, seq);
+CREATE INDEX alert_outbox_by_sent_at ON alert_outbox (sent_at) WHERE sent_at IS NOT NULL
+"""
+
+
+async def _create_alerts(conn: Connection) -> None:
+    await conn.execute(_CREATE_ALERTS)
+    for model in READ_MODELS:
+        columns = ", ".join(f'{c} text COLLATE "C"' for c in model.columns)
+        await conn.execute(
+            f"CREATE TABLE alert_{model.table} ({columns},"
+            f" PRIMARY KEY ({', '.join(model.key_columns)}))"
+        )
+
+
 # Each entry migrates the schema from version N to N+1; `migrate` applies the missing ones.
-MIGRATIONS: tuple[Callable[[Connection], Awaitable[None]], ...] = (_create_log,)
+MIGRATIONS: tuple[Callable[[Connection], Awaitable[None]], ...] = (_create_log, _create_alerts)
 
 
 def too_new(version: int) -> LogSchemaError:

@@ -13,7 +13,7 @@ import structlog
 
 from projector.storage.port import ProjectionStatus, StoredRow, Verification
 from projector.storage.queries import SQLITE, SqlReads
-from projector.storage.sqlite import chain, database, log, projection, replay
+from projector.storage.sqlite import chain, database, log, outbox, projection, replay
 from projector.storage.sqlite.readers import ReaderPool
 from projector.storage.sqlite.writer import WriteLane
 
@@ -54,7 +54,7 @@ class SqliteProjector:
 
 
 class SqliteStorage:
-    """The log, projector and reads of one SQLite file (port.Storage)."""
+    """The log, projector, reads and alert outbox of one SQLite file (port.Storage)."""
 
     def __init__(
         self,
@@ -80,6 +80,7 @@ class SqliteStorage:
         self.log = self._lane
         self.projector = SqliteProjector(self._lane, wake)
         self.reads = SqlReads(self._readers.fetch, SQLITE)
+        self.alerts = outbox.SqliteOutbox(self._lane)
 
     async def open(self) -> None:
         await self._lane.open()

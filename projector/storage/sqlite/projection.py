@@ -12,7 +12,7 @@ import structlog
 from projector.readmodels import READ_MODELS, Changes, FoldError, ReadModel, read_changes
 from projector.storage.port import ProjectionStatus
 from projector.storage.queries import PROJECTIONS_QUERY
-from projector.storage.sqlite import log, tables
+from projector.storage.sqlite import log, outbox, tables
 
 logger = structlog.get_logger("projector.projection")
 
@@ -36,6 +36,9 @@ def prepare(conn: sqlite3.Connection) -> list[str]:
     """Create missing bookkeeping; returns the projections whose version changed (or new)."""
     for statement in _BOOKKEEPING.split(";\n"):
         conn.execute(statement)
+    # The alert outbox's tables too (empty until alerting is enabled): every database with
+    # projections has them, so GET /v1/projections can always read them.
+    outbox.prepare(conn)
     stale = []
     for model in READ_MODELS:
         row = conn.execute(
