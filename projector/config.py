@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     public_url: str | None = None
     refold_api: str = "https://app.refold.ai"
     refold_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Where alerts are POSTed (a Slack incoming webhook, or any JSON receiver); its path and
+    # query often hold a secret, so no message shows more than its scheme and host.
+    alert_url: str | None = Field(default=None, repr=False)
 
     @field_validator("signing_keys", mode="before")
     @classmethod
@@ -159,6 +162,11 @@ class Settings(BaseSettings):
         text = str(value).strip() if value is not None else ""
         return parse_base_url("PROJECTOR_PUBLIC_URL", text, "https://projector.example.com") or None
 
+    @field_validator("alert_url", mode="before")
+    @classmethod
+    def _alert_url(cls, value: Any) -> str | None:
+        return parse_alert_url(str(value).strip() if value is not None else "") or None
+
     @field_validator("refold_api", mode="before")
     @classmethod
     def _refold_api(cls, value: Any) -> str:
@@ -182,6 +190,21 @@ def parse_base_url(name: str, raw: str, example: str) -> str:
             f"{name} is {raw[:60]!r}; set it to an http:// or https:// address such as {example}"
         )
     return raw.rstrip("/")
+
+
+_ALERT_URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?(\?[^\s#]*)?")
+
+
+def parse_alert_url(raw: str) -> str:
+    """PROJECTOR_ALERT_URL: an http(s) address, path and query allowed ('' stays '')."""
+    if raw and not _ALERT_URL.fullmatch(raw):
+        # The value is not echoed: a webhook URL carries its secret in the path.
+        raise ConfigError(
+            "PROJECTOR_ALERT_URL is not an http:// or https:// address (its value is not shown: "
+            "it may hold a secret); set it to the full address alerts are POSTed to, such as "
+            "a Slack incoming webhook's https://hooks.slack.com/services/..."
+        )
+    return raw
 
 
 def parse_max_lag(raw: object) -> float:
