@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from projector.config import ConfigError, Settings, load_settings
+from projector.config import ENVIRONMENTS, ConfigError, Settings, load_settings
 from projector.integrity import GENESIS_HASH, row_hash
 from projector.storage.engine import OPEN_ERRORS, open_maintenance
 from projector.storage.location import Location
@@ -72,7 +72,8 @@ def check_configuration() -> tuple[Check, Settings | None]:
     except ConfigError as exc:
         fix = "fix that variable (README: Configuration), then run `projector doctor` again"
         return failed("configuration", str(exc), fix), None
-    environments = sorted({key.environment for key in settings.signing_keys}, key="tl".find)
+    have = {key.environment for key in settings.signing_keys}
+    environments = [environment for environment in ENVIRONMENTS if environment in have]
     keys, tokens = len(settings.signing_keys), len(settings.read_tokens)
     detail = (
         f"{keys} signing key{'s' * (keys != 1)} ({', '.join(environments)}), "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -128,7 +129,11 @@ async def check_alert(
 
 
 def _without(text: str, alert_url: str) -> str:
-    """`text` with the alert URL and its path cut out: an echo of them would show the secret."""
-    path = alert_url.split("://", 1)[-1].partition("/")[2]
-    text = text.replace(alert_url, shown_url(alert_url, whole=False))
-    return text.replace(path, "…") if path else text
+    """`text` with the alert URL's path, query and long path parts cut out: an echo of any
+    of them would show the secret they hold."""
+    parts = urlsplit(alert_url)
+    pieces = {alert_url, parts.path, parts.query, f"{parts.path}?{parts.query}"}
+    pieces.update(segment for segment in parts.path.split("/") if len(segment) >= 6)
+    for piece in sorted(pieces - {"", "/", "?"}, key=len, reverse=True):
+        text = text.replace(piece, "…")
+    return text
