@@ -27,6 +27,7 @@ from tests.support import (
     LIVE_KEY,
     LIVE_OLD_KEY,
     READ_TOKEN,
+    REPO,
     TEST_KEY,
     Service,
     free_port,
@@ -334,6 +335,19 @@ def test_postgresql_head_checked_tampering_caught_and_an_empty_database_left_alo
         assert (status, "the head row (seq 41) does not hash" in rest) == ("FAIL", True)
 
 
+def test_an_unreachable_postgresql_server_fails_without_its_password(
+    refold: FakeRefold, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"postgresql://projector:pg-secret-pw@127.0.0.1:{port}/projector"
+    status, rest = checks(doctor(url, refold))["database"]
+    assert status == "FAIL"
+    assert rest.startswith(f"PostgreSQL at postgresql://projector:***@127.0.0.1:{port}/projector")
+    assert "failed while connecting" in rest
+    assert rest.endswith("— check that the server is running and reachable and that PROJECTOR_DB "
+                         "names it")  # fmt: skip
+
+
 # --- public URL -----------------------------------------------------------------------------
 
 
@@ -496,3 +510,23 @@ def test_a_message_ending_in_advice_gives_the_fix_else_the_fallback() -> None:
     assert failed("x", "Refold refused (HTTP 400: a; b)", "repeat it") == Check(
         "x", False, "Refold refused (HTTP 400: a; b)", "repeat it"
     )
+
+
+def test_the_readmes_doctor_example_has_the_printed_line_shapes() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Checking a deployment: `projector doctor`") :]
+    example = section[section.index("\n```\n") + 5 :]
+    example = example[: example.index("\n```\n")]
+    printed = [line for line in example.splitlines() if LINE.match(line)]
+    assert [LINE.match(line).group(2) for line in printed] == [  # type: ignore[union-attr]
+        "configuration",
+        "database",
+        "public URL",
+        "subscriptions (test)",
+        "subscriptions (live)",
+        "alert URL",
+    ]
+    for line in printed:
+        assert not line.startswith("FAIL") or " — run `projector subscribe " in line
+    assert "1 check(s) failed" in example
+    assert "| `PROJECTOR_ALERT_URL` |" in readme
