@@ -1,6 +1,7 @@
-"""`projector doctor`'s checks: configuration, database, public URL, subscriptions, alerts.
+"""`projector doctor`'s local checks (configuration, database) and the `Check` each gives.
 
-Each check returns a `Check`: passed, failed (with what to do) or skipped (with why).
+A check passes, fails (saying what to do) or is skipped (saying why); doctor_remote.py
+holds the checks that go over the network.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ async def _check_head(maintenance: Maintenance) -> Check:
     last = rows.get(head)
     if previous is None or last is None:
         missing = head - 1 if previous is None else head
-        detail = f"{where}: seq {missing} is missing below the head (seq {head})"
+        detail = f"{where}: seq {missing} is missing (the head is seq {head})"
         return Check("database", False, detail, _RESTORE)
     if row_hash(previous, last.content) != last.row_hash:
         detail = (

@@ -290,7 +290,7 @@ def test_a_missing_row_before_the_head_is_caught(refold: FakeRefold, tmp_path: P
     tamper(db, "DELETE FROM deliveries WHERE seq = 536")
     status, rest = checks(doctor(db, refold))["database"]
     assert status == "FAIL"
-    assert "seq 536 is missing below the head (seq 537)" in rest
+    assert "seq 536 is missing (the head is seq 537)" in rest
 
 
 def test_a_log_of_one_row_chains_to_the_genesis_hash(refold: FakeRefold, tmp_path: Path) -> None:
