@@ -34,7 +34,7 @@ async def run_checks(*, send_test_alert: bool, http_seconds: float) -> AsyncIter
     async with aiohttp.ClientSession(timeout=http_timeout) as session:
         yield await check_public_url(session, settings.public_url)
         async with client_session(settings.refold_timeout_seconds) as refold:
-            for check in await check_subscriptions(refold, settings):
+            async for check in check_subscriptions(refold, settings):
                 yield check
         host = socket.gethostname()
         yield await check_alert(session, settings.alert_url, send=send_test_alert, host=host)

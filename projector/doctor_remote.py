@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,19 +52,19 @@ async def check_public_url(session: aiohttp.ClientSession, public_url: str | Non
 # --- 4. subscriptions ----------------------------------------------------------------
 
 
-async def check_subscriptions(session: aiohttp.ClientSession, settings: Settings) -> list[Check]:
+async def check_subscriptions(
+    session: aiohttp.ClientSession, settings: Settings
+) -> AsyncIterator[Check]:
     """Per environment with a key: every folded event has an enabled subscription to us."""
     mine = receiver_url(settings.public_url)
-    checks = []
     for environment in ENVIRONMENTS:
         name = f"subscriptions ({environment})"
         key = next((k for k in settings.signing_keys if k.environment == environment), None)
         if key is None:
-            checks.append(skipped(name, f"PROJECTOR_SIGNING_KEYS has no {environment} key"))
+            yield skipped(name, f"PROJECTOR_SIGNING_KEYS has no {environment} key")
             continue
         client = RefoldClient(session, settings.refold_api, environment, key.secret.decode())
-        checks.append(await _check_environment(name, client, mine))
-    return checks
+        yield await _check_environment(name, client, mine)
 
 
 async def _check_environment(name: str, client: RefoldClient, mine: str | None) -> Check:
