@@ -1,4 +1,4 @@
-"""The `projector` command: serve, rebuild, verify, backup, copy, send, events, schemas..."""
+"""The `projector` command: serve, rebuild, verify, backup, copy, send, events, doctor..."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from projector import integrity, logcopy, schemas, server
+from projector.cli_doctor import add_command as add_doctor_command
 from projector.cli_subscriptions import add_commands as add_subscription_commands
 from projector.cliargs import EPILOGS, flag_argument, log_position, package_version, whole_number
 from projector.config import ConfigError, Settings, load_settings, normalise_environment
@@ -384,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.set_defaults(run=cmd_schemas)
     add_subscription_commands(lambda name, summary: _command(commands, name, summary))
+    add_doctor_command(lambda name, summary: _command(commands, name, summary))
     return parser
 
 

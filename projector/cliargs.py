@@ -148,4 +148,21 @@ EPILOGS = {
         + _CONFIG_ERROR,
         "projector unsubscribe https://projector.example.com/webhooks/refold --environment test",
     ),
+    "doctor": _epilog(
+        "  PROJECTOR_SIGNING_KEYS environment:api_key pairs (required); each environment's\n"
+        "                         first key lists its subscriptions in Refold\n"
+        "  PROJECTOR_READ_TOKENS  bearer tokens for the query API (required)\n"
+        + _DB
+        + "  PROJECTOR_PUBLIC_URL   if set: <it>/healthz must answer, and the subscriptions\n"
+        "                         must point at <it>/webhooks/refold\n"
+        "  PROJECTOR_REFOLD_API   Refold's API (default https://app.refold.ai)\n"
+        "  PROJECTOR_REFOLD_TIMEOUT_SECONDS  bound on each call to Refold (default 10)\n"
+        "  PROJECTOR_ALERT_URL    where --send-test-alert POSTs a test alert\n"
+        + _LOGS
+        + "  and every other setting, checked as `serve` checks it\n",
+        "  0  every check passed (or was skipped)\n"
+        "  1  some check failed: its line says what is wrong and what to do\n"
+        "  2  a usage mistake (an unknown option), named in one line\n",
+        "PROJECTOR_PUBLIC_URL=https://projector.example.com projector doctor --send-test-alert",
+    ),
 }

@@ -165,16 +165,15 @@ class Settings(BaseSettings):
         text = str(value).strip() if value is not None else ""
         return parse_base_url("PROJECTOR_PUBLIC_URL", text, "https://projector.example.com") or None
 
+    @field_validator("alert_url", mode="before")
+    @classmethod
+    def _alert_url(cls, value: Any) -> str | None:
+        return parse_alert_url(str(value).strip() if value is not None else "") or None
+
     @field_validator("refold_api", mode="before")
     @classmethod
     def _refold_api(cls, value: Any) -> str:
         return parse_base_url("PROJECTOR_REFOLD_API", str(value).strip(), "https://app.refold.ai")
-
-    @field_validator("alert_url", mode="before")
-    @classmethod
-    def _alert_url(cls, value: Any) -> str | None:
-        text = str(value).strip() if value is not None else ""
-        return parse_alert_url(text) or None
 
     @field_validator("read_tokens", mode="before")
     @classmethod
@@ -200,16 +199,14 @@ _ALERT_URL = re.compile(r"(https?)://([^\s/?#@]+@)?([^\s/?#@]+)(/[^\s#]*)?(\?[^\
 
 
 def parse_alert_url(raw: str) -> str:
-    """PROJECTOR_ALERT_URL: an http(s) address, path and query kept; '' stays ''.
-
-    The message never repeats the URL past its host: a webhook URL's path is its secret.
-    """
+    """PROJECTOR_ALERT_URL: an http(s) address, path and query kept as given; '' stays ''."""
     if raw and not _ALERT_URL.fullmatch(raw):
-        shown = raw.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[2][:60]
+        # The value is not echoed: a webhook URL carries its secret in the path.
         raise ConfigError(
-            f"PROJECTOR_ALERT_URL (host {shown!r}) is not an http:// or https:// URL; set it "
-            "to the address alerts are POSTed to, such as a Slack incoming webhook "
-            "(https://hooks.slack.com/services/...), without spaces or a #fragment"
+            "PROJECTOR_ALERT_URL is not an http:// or https:// address (its value is not shown: "
+            "it may hold a secret); set it to the full address alerts are POSTed to, such as "
+            "a Slack incoming webhook's https://hooks.slack.com/services/..., without spaces "
+            "or a #fragment"
         )
     return raw
 

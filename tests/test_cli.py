@@ -43,6 +43,7 @@ COMMANDS = {
     "subscribe": "subscribe URL to Refold's webhooks",
     "subscriptions": "list Refold's webhook subscriptions",
     "unsubscribe": "delete every Refold webhook subscription to URL",
+    "doctor": "check this deployment",
 }
 
 
@@ -122,6 +123,14 @@ READS = {
     "subscribe": REFOLD,
     "subscriptions": {*REFOLD, "PROJECTOR_PUBLIC_URL"},
     "unsubscribe": REFOLD,
+    "doctor": {
+        *REFOLD,
+        "PROJECTOR_READ_TOKENS",
+        "PROJECTOR_DB",
+        "PROJECTOR_PUBLIC_URL",
+        "PROJECTOR_ALERT_URL",
+        *LOGS,
+    },
 }
 EXIT_CODES = {
     "serve": ["0", "2"],
@@ -135,6 +144,7 @@ EXIT_CODES = {
     "subscribe": ["0", "1", "2"],
     "subscriptions": ["0", "1", "2"],
     "unsubscribe": ["0", "1", "2"],
+    "doctor": ["0", "1", "2"],
 }
 
 
