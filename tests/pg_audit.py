@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from projector.storage.location import PostgresUrl
-from tests.pg_load import Outcome
+from tests.pg_load import Load, delivery
 from tests.postgres_support import query, read_models
 from tests.support import run_cli, service_env
 
@@ -49,14 +51,16 @@ class LogAudit:
         )
 
 
-async def audit_log(url: PostgresUrl, outcomes: Iterable[Outcome]) -> LogAudit:
-    """Every 200 is a row of its body; nothing else is; seq is 1..N; repeats are marked."""
-    answered = list(outcomes)
-    sent = Counter(o.body for o in answered)
-    acked = Counter(o.body for o in answered if o.status == 200)
-    rows = await query(
-        url, "SELECT seq, body, event_key, duplicate_of FROM deliveries ORDER BY seq"
-    )
+async def audit_log(url: PostgresUrl, load: Load) -> LogAudit:
+    """Every 200 is a row of its body; nothing else is; seq is 1..N; repeats are marked.
+
+    The load may still be running: answers are read before the log, what was sent after it.
+    """
+    # Each 200 came after its commit, so the rows read next include every one counted here;
+    # and every row read was sent before the count of what was sent is taken.
+    acked = Counter(o.body for o in list(load.outcomes) if o.status == 200)
+    rows, head = await _log_snapshot(url)
+    sent = Counter(delivery(i)[1] for i in range(load.issued))
     audit = LogAudit(acknowledged=sum(acked.values()), rows=len(rows))
     seqs = [int(seq) for seq, *_ in rows]
     if seqs != list(range(1, len(rows) + 1)):
@@ -68,17 +72,33 @@ async def audit_log(url: PostgresUrl, outcomes: Iterable[Outcome]) -> LogAudit:
     audit.corrupt = sum(n for body, n in logged.items() if body not in sent)
     audit.stored_unacknowledged = sum(max(0, n - acked[body]) for body, n in logged.items())
     audit.duplicates_applied = _unmarked_repeats(rows)
-    head = await query(url, "SELECT seq FROM log_head")
-    if head != [(len(rows),)]:
+    if head != len(rows):
         audit.problems.append(f"log_head says {head}, the log holds {len(rows)} rows")
     return audit
 
 
-def _unmarked_repeats(rows: list[tuple[object, ...]]) -> int:
+async def _log_snapshot(url: PostgresUrl) -> tuple[list[tuple[Any, ...]], int]:
+    """The log's rows and its head's seq, read in one snapshot (appends may go on)."""
+    conn = await psycopg.AsyncConnection.connect(url.url)
+    try:
+        await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+        async with conn.transaction():
+            cur = await conn.execute(
+                "SELECT seq, body, event_key, duplicate_of FROM deliveries ORDER BY seq"
+            )
+            rows = await cur.fetchall()
+            cur = await conn.execute("SELECT seq FROM log_head")
+            head = await cur.fetchone()
+    finally:
+        await conn.close()
+    return rows, -1 if head is None else int(head[0])
+
+
+def _unmarked_repeats(rows: list[tuple[Any, ...]]) -> int:
     """Rows of an event seen before that do not name its first row (or a first that does)."""
     by_key: dict[str, list[tuple[int, object]]] = defaultdict(list)
     for seq, _, event_key, duplicate_of in rows:
-        by_key[str(event_key)].append((int(str(seq)), duplicate_of))
+        by_key[str(event_key)].append((int(seq), duplicate_of))
     wrong = 0
     for seen in by_key.values():
         first = seen[0][0]

@@ -8,7 +8,6 @@ is sent once, never retried: what the log must hold is read off the answers alon
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import random
 import time
@@ -97,7 +96,7 @@ class Load:
     targets: list[str]
     concurrency: int = 16
     outcomes: list[Outcome] = field(default_factory=list)
-    _numbers: itertools.count[int] = field(default_factory=itertools.count)
+    issued: int = 0  # numbers 0 .. issued-1 have been (or are being) sent
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
@@ -123,6 +122,15 @@ class Load:
             if o.sent_at >= since
         )
 
+    async def first_ack_after(self, moment: float, seconds: float = 30) -> Outcome | None:
+        """The first delivery sent after `moment` and acknowledged, waiting (bounded) for it."""
+        deadline = time.monotonic() + seconds
+        while True:
+            later = [o for o in self.acked() if o.sent_at > moment and o.seq is not None]
+            if later or time.monotonic() > deadline:
+                return min(later, key=lambda o: o.sent_at, default=None)
+            await asyncio.sleep(0.05)
+
     async def wait_for_acks(self, more_than: int, seconds: float = 30) -> bool:
         """Wait (bounded) until more than `more_than` deliveries were acknowledged."""
         deadline = time.monotonic() + seconds
@@ -143,7 +151,8 @@ class Load:
                     if not self.targets:
                         await asyncio.sleep(0.05)
                         continue
-                    outcome = await self._post(session, next(self._numbers))
+                    number, self.issued = self.issued, self.issued + 1
+                    outcome = await self._post(session, number)
                     self.outcomes.append(outcome)
                     if outcome.status != 200:  # a process or the database is down: no spin
                         await asyncio.sleep(0.02)
