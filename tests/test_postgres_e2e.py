@@ -225,8 +225,8 @@ async def _crash_postgresql_under_load(cluster: Cluster, services: list[Service]
     first_ack = min(o.sent_at + o.seconds for o in load.acked() if o.sent_at >= up_at)
     print(
         f"\nPostgreSQL down {up_at - down_at:.1f} s: {len(during)} deliveries answered 503,"
-        f" slowest {slowest:.3f} s; crash recovery {ready_at - up_at:.2f} s; first 200"
-        f" {first_ack - ready_at:.2f} s after the server was ready;"
+        f" slowest {slowest:.3f} s; restarted, it was ready {ready_at - up_at:.2f} s later"
+        f" (crash recovery) and the first 200 came {first_ack - up_at:.2f} s later;"
         f" all answers {load.statuses()}; reads {reader.statuses}"
     )
     assert reads_came_back, f"reads did not answer after the restart: {reader.statuses}"
