@@ -19,7 +19,7 @@ from projector.cursors import InvalidCursor
 from projector.flags import FLAGGED_CHOICES, flag_problem
 from projector.http import ApiError, Handler, error_response, json_answer
 from projector.readmodels import READ_MODELS
-from projector.storage.port import Reads
+from projector.storage.port import Reads, StorageUnavailable
 from projector.storage.queries import RUN_STATUS_FILTERS
 
 logger = structlog.get_logger("projector.api")
@@ -365,6 +365,18 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}  # 405 names them
         return error_response(
             exc.status, code, f"{exc.reason}: {request.method} {request.path[:200]}", kept
+        )
+    except StorageUnavailable as exc:
+        # The database is down or cut the connection: expected, and over once it is back, so
+        # a 503 the client may retry, not a 500 (the pools reconnect by themselves).
+        logger.warning(
+            "read_unavailable", method=request.method, path=request.path[:200], detail=str(exc)
+        )
+        return error_response(
+            503,
+            "storage_unavailable",
+            "the database could not be read just now; retry after Retry-After seconds",
+            {"Retry-After": "5"},
         )
     except Exception:
         logger.exception("unexpected_error", method=request.method, path=request.path[:200])
