@@ -22,9 +22,11 @@ from projector.answercache import AnswerCache
 from projector.api import bearer_auth
 from projector.app import build_app
 from projector.config import load_settings
+from projector.cursors import encode_cursor
 from projector.readmodels import CONNECTION_HEALTH, READ_MODELS, WORKFLOW_RUNS
 from projector.sender import environment_of
-from projector.storage.queries import encode_cursor
+from projector.storage.port import StorageUnavailable
+from projector.storage.queries import SqlReads
 from projector.storage.sqlite import log, readers
 from tests.storage_support import (
     BROKEN_SLUG,
@@ -1211,3 +1213,18 @@ async def test_a_repeated_read_model_query_costs_no_database_read_until_a_delive
         assert changed.status == 200
         assert (await changed.json())["needs_reconnect"] is True
         assert CountingReaders.taken > before
+
+
+async def test_a_read_the_database_cannot_answer_is_a_503_to_retry_not_a_500(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Down or cut off (PostgreSQL restarting): the reader is told to come back, as documented."""
+
+    async def database_away(*args: object, **kwargs: object) -> None:
+        raise StorageUnavailable("PostgreSQL at postgresql://u:***@db/refold failed while reading")
+
+    monkeypatch.setattr(SqlReads, "list_connections", database_away)
+    answer = await client.get("/v1/connections?environment=live", headers=AUTH)
+    assert answer.status == 503
+    assert answer.headers["Retry-After"] == "5"
+    assert (await answer.json())["error"]["code"] == "storage_unavailable"

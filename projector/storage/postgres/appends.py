@@ -37,32 +37,38 @@ def as_columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-async def first_seqs(conn: Connection, keys: list[str]) -> dict[str, int]:
-    """The first seq (from 1 on) logged under each of `keys` that has one."""
-    cur = await conn.execute(
-        # seq > 0: a row slipped in below the chain must not make a delivery a repeat.
-        "SELECT event_key, min(seq) FROM deliveries WHERE seq > 0 AND event_key = ANY(%s)"
-        " GROUP BY event_key",
-        (keys,),
-    )
-    return {key: int(seq) for key, seq in await cur.fetchall()}
+# The first seq of each key, one index probe per key (`ORDER BY seq LIMIT 1` on the
+# (event_key, seq) index): a plan that stays cheap before ANALYZE has seen the table, when
+# `min(seq) ... GROUP BY` scans it whole.
+FIRST_SEQS = (
+    "SELECT k.key, (SELECT d.seq FROM deliveries AS d WHERE d.event_key = k.key AND d.seq > 0"
+    " ORDER BY d.seq LIMIT 1) FROM unnest(%s::text[]) AS k(key)"
+)
 
 
 async def append_rows(conn: Connection, batch: Sequence[NewDelivery]) -> list[Appended]:
-    """Append deliveries inside the caller's transaction; the head moves and is announced."""
-    cur = await conn.execute(HEAD_FOR_UPDATE)
-    head = await cur.fetchone()
+    """Append deliveries inside the caller's transaction; the head moves and is announced.
+
+    Run it in pipeline mode (`conn.pipeline()` around the transaction): the BEGIN, the head's
+    lock and the lookup of earlier seqs then go in one round trip, and the rows, the new head,
+    the announcement and the COMMIT in a second, so the head lock is held for little more
+    than one round trip.
+    """
+    keys = list({delivery.event_key for delivery in batch})
+    head_read = await conn.execute(HEAD_FOR_UPDATE)
+    # The server runs this after the lock is ours, and in READ COMMITTED a statement sees
+    # every commit before it began: every earlier appender's rows.
+    seen_read = await conn.execute(FIRST_SEQS, (keys,))
+    head = await head_read.fetchone()
     assert head is not None, "log_head holds exactly one row (created with the schema)"
-    # Read after the lock is ours: in READ COMMITTED each statement sees every commit before it.
-    first_seen = await first_seqs(conn, list({delivery.event_key for delivery in batch}))
+    # seq > 0 above: a row slipped in below the chain must not make a delivery a repeat.
+    first_seen = {key: int(seq) for key, seq in await seen_read.fetchall() if seq is not None}
     rows, results = number_batch(int(head[0]), str(head[1]), batch, first_seen)
     if not rows:
         return results
     seq, previous = results[-1].seq, rows[-1][-1]
-    # One round trip for the rows, the head and the announcement; NOTIFY is delivered at
-    # commit, so no process hears of rows it cannot see yet.
-    async with conn.pipeline():
-        await conn.execute(INSERT_ROWS, as_columns(rows))
-        await conn.execute("UPDATE log_head SET seq = %s, row_hash = %s", (seq, previous))
-        await conn.execute("SELECT pg_notify(%s, %s)", (LOG_CHANNEL, str(seq)))
+    # NOTIFY is delivered at commit, so no process hears of rows it cannot see yet.
+    await conn.execute(INSERT_ROWS, as_columns(rows))
+    await conn.execute("UPDATE log_head SET seq = %s, row_hash = %s", (seq, previous))
+    await conn.execute("SELECT pg_notify(%s, %s)", (LOG_CHANNEL, str(seq)))
     return results

@@ -155,7 +155,7 @@ class PostgresLog:
         try:
             async with asyncio.timeout(BATCH_SECONDS):
                 conn = await self._connection()
-                async with conn.transaction():
+                async with conn.pipeline(), conn.transaction():
                     results = await append_rows(conn, [a.delivery for a in batch])
         except Exception as exc:  # of any kind: the batch fails, the appender goes on
             await self._failed(batch, exc)
@@ -195,7 +195,7 @@ class PostgresLog:
         try:
             async with asyncio.timeout(BATCH_SECONDS):
                 conn = await self._connection()
-                async with conn.transaction(force_rollback=True):
+                async with conn.pipeline(), conn.transaction(force_rollback=True):
                     await append_rows(conn, [probe_delivery()])
         except Exception as exc:  # of any kind: the probe fails, the appender goes on
             await close_quietly(self._conn)
