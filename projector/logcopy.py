@@ -20,7 +20,8 @@ import structlog
 from projector.config import ConfigError
 from projector.storage.engine import OPEN_ERRORS, describe_error, open_maintenance
 from projector.storage.location import Location, PostgresUrl
-from projector.storage.port import Maintenance, RowsDoNotContinue, StoredRow
+from projector.storage.port import Maintenance
+from projector.storage.rows import RowsDoNotContinue, StoredRow
 
 logger = structlog.get_logger("projector.logcopy")
 

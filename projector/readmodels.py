@@ -14,7 +14,7 @@ from projector.events import (
     parse_instant,
 )
 from projector.fold import ConnectionHealth, WorkflowRun, fold_connection, fold_workflow_run
-from projector.storage.port import LoggedDelivery
+from projector.storage.rows import LoggedDelivery
 
 Change = TypeVar("Change", ConnectionChange, WorkflowOutcome)
 State = TypeVar("State", ConnectionHealth, WorkflowRun)

@@ -15,7 +15,8 @@ from projector.events import format_instant, parse_delivery
 from projector.http import ApiError, Handler, header_text, json_answer
 from projector.metrics import Metrics
 from projector.signature import SIGNATURE_HEADER, header_problem, verify_signature
-from projector.storage.port import EventLog, NewDelivery, Overloaded, StorageUnavailable
+from projector.storage.port import EventLog, Overloaded, StorageUnavailable
+from projector.storage.rows import NewDelivery
 
 logger = structlog.get_logger("projector.receiver")
 

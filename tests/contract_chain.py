@@ -10,7 +10,7 @@ import pytest
 
 from projector.integrity import GENESIS_HASH
 from projector.storage.location import Location
-from projector.storage.port import RowsDoNotContinue
+from projector.storage.rows import RowsDoNotContinue
 from tests.contract_support import (
     ContractBase,
     NewLocation,

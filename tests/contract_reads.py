@@ -11,7 +11,7 @@ import pytest
 
 from projector.integrity import GENESIS_HASH
 from projector.storage.location import Location
-from projector.storage.port import NewDelivery
+from projector.storage.rows import NewDelivery
 from tests.contract_support import (
     ENVIRONMENTS,
     ContractBase,

@@ -13,14 +13,8 @@ import pytest
 from projector.readmodels import CONNECTION_HEALTH, WORKFLOW_RUNS, ReadModel
 from projector.storage.engine import open_maintenance, storage_for
 from projector.storage.location import Location
-from projector.storage.port import (
-    Appended,
-    Maintenance,
-    NewDelivery,
-    Projector,
-    Reads,
-    Storage,
-)
+from projector.storage.port import Maintenance, Projector, Reads, Storage
+from projector.storage.rows import Appended, NewDelivery
 from tests.storage_support import ODD_BODY, new_delivery, sample_deliveries
 
 ENVIRONMENTS = ("live", "test")

@@ -13,7 +13,8 @@ import base64
 import pytest
 
 from projector.storage.location import Location
-from projector.storage.port import Overloaded, row_content
+from projector.storage.port import Overloaded
+from projector.storage.rows import row_content
 from tests.contract_chain import ChainContract
 from tests.contract_reads import ReadsContract
 from tests.contract_support import (

@@ -13,7 +13,7 @@ from projector.fold import ConnectionHealth, fold_connection
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash
 from projector.readmodels import READ_MODELS
 from projector.sender import environment_of
-from projector.storage.port import NewDelivery, row_content
+from projector.storage.rows import NewDelivery, row_content
 from projector.storage.sqlite import log, projection, replay
 from tests.support import KEY_BY_ENVIRONMENT, sample_bodies
 

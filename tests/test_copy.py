@@ -14,7 +14,8 @@ from projector.logcopy import copy_log, run_copy
 from projector.readmodels import READ_MODELS
 from projector.storage.engine import open_maintenance, open_reads
 from projector.storage.location import Location, PostgresUrl
-from projector.storage.port import Maintenance, StoredRow
+from projector.storage.port import Maintenance
+from projector.storage.rows import StoredRow
 from projector.storage.sqlite import log
 from tests.postgres_support import fresh_database, query
 from tests.storage_support import ODD_BODY, new_delivery, open_log, populated_log, sample_deliveries

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from projector import integrity
-from projector.storage.port import Appended
+from projector.storage.rows import Appended
 from projector.storage.sqlite import log
 from tests.storage_support import (
     SLIPPED_BODY,

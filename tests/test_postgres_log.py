@@ -10,9 +10,10 @@ import pytest
 
 from projector.integrity import HASHED_COLUMNS
 from projector.storage.location import PostgresUrl
-from projector.storage.port import StorageUnavailable, row_content
+from projector.storage.port import StorageUnavailable
 from projector.storage.postgres import PostgresStorage
 from projector.storage.postgres.appends import append_rows
+from projector.storage.rows import row_content
 from projector.storage.sqlite import log
 from projector.storage.sqlite.chain import head_hash
 from tests.postgres_support import eventually, fresh_database, opened, query, raw

@@ -13,9 +13,9 @@ import pytest
 from projector import integrity
 from projector.integrity import LogNotIntact
 from projector.storage.location import PostgresUrl
-from projector.storage.port import RowsDoNotContinue, StoredRow
 from projector.storage.postgres import open_maintenance
 from projector.storage.postgres.maintenance import PostgresMaintenance
+from projector.storage.rows import RowsDoNotContinue, StoredRow
 from projector.storage.sqlite import chain, log
 from tests.postgres_support import fresh_database, opened, positions, query, raw
 from tests.storage_support import NAMES, ODD_BODY, new_delivery, sample_deliveries

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from projector.storage.port import Appended, NewDelivery
+from projector.storage.rows import Appended, NewDelivery
 from projector.storage.sqlite import log, projection
 from projector.storage.sqlite.writer import (
     MAX_BATCH,

@@ -15,13 +15,7 @@ import psycopg
 from projector.config import ConfigError
 from projector.integrity import LogNotIntact
 from projector.storage.location import Location, PostgresUrl
-from projector.storage.port import (
-    LogSchemaError,
-    Maintenance,
-    Reads,
-    Storage,
-    StorageUnavailable,
-)
+from projector.storage.port import LogSchemaError, Maintenance, Reads, Storage, StorageUnavailable
 from projector.storage.postgres.adapter import PostgresStorage, postgres_reads
 from projector.storage.postgres.connect import describe_error as postgres_error
 from projector.storage.postgres.maintenance import open_maintenance as open_postgres_maintenance

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from projector.integrity import HASHED_COLUMNS
-from projector.storage.port import Appended, NewDelivery, number_batch
 from projector.storage.postgres.connect import Connection
+from projector.storage.rows import Appended, NewDelivery, number_batch
 
 LOG_CHANNEL = "projector_log"
 

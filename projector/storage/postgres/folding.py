@@ -8,8 +8,8 @@ from typing import Any
 import structlog
 
 from projector.readmodels import READ_MODELS, Changes, FoldError, ReadModel, read_changes
-from projector.storage.port import LOGGED_COLUMNS, LoggedDelivery, logged_deliveries
 from projector.storage.postgres.connect import Connection
+from projector.storage.rows import LOGGED_COLUMNS, LoggedDelivery, logged_deliveries
 
 logger = structlog.get_logger("projector.storage.postgres.folding")
 

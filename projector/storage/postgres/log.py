@@ -10,14 +10,7 @@ from dataclasses import dataclass
 import structlog
 
 from projector.storage.location import PostgresUrl
-from projector.storage.port import (
-    Appended,
-    CommitOutcome,
-    NewDelivery,
-    Overloaded,
-    StorageUnavailable,
-    probe_delivery,
-)
+from projector.storage.port import CommitOutcome, Overloaded, StorageUnavailable
 from projector.storage.postgres.appends import append_rows
 from projector.storage.postgres.connect import (
     Connection,
@@ -25,6 +18,7 @@ from projector.storage.postgres.connect import (
     connect,
     unavailable,
 )
+from projector.storage.rows import Appended, NewDelivery, probe_delivery
 
 logger = structlog.get_logger("projector.storage.postgres.log")
 

@@ -11,11 +11,12 @@ import psycopg
 from projector import integrity
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, ChainReport, Value, row_hash
 from projector.storage.location import PostgresUrl
-from projector.storage.port import ProjectionStatus, RowsDoNotContinue, StoredRow, Verification
+from projector.storage.port import ProjectionStatus, Verification
 from projector.storage.postgres import rebuild, schema
 from projector.storage.postgres.appends import HEAD_FOR_UPDATE, INSERT_ROWS, LOG_CHANNEL, as_columns
 from projector.storage.postgres.connect import Connection, connect, connection_parameters
 from projector.storage.queries import PROJECTIONS_QUERY
+from projector.storage.rows import RowsDoNotContinue, StoredRow
 
 _STORED_COLUMNS = ", ".join((*HASHED_COLUMNS, "row_hash"))
 VERIFY_CHUNK = 5000

@@ -14,10 +14,10 @@ import structlog
 from projector import integrity
 from projector.events import format_instant
 from projector.readmodels import READ_MODELS
-from projector.storage.port import LoggedDelivery
 from projector.storage.postgres import folding, schema
 from projector.storage.postgres.connect import CONNECTION_ERRORS, Connection
 from projector.storage.postgres.projector import FOLDED_CHANNEL
+from projector.storage.rows import LoggedDelivery
 
 logger = structlog.get_logger("projector.storage.postgres.rebuild")
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import structlog
 
-from projector.storage.port import ProjectionStatus, StoredRow, Verification
+from projector.storage.port import ProjectionStatus, Verification
 from projector.storage.queries import SQLITE, SqlReads
+from projector.storage.rows import StoredRow
 from projector.storage.sqlite import chain, database, log, outbox, projection, replay
 from projector.storage.sqlite.readers import ReaderPool
 from projector.storage.sqlite.writer import WriteLane

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash
-from projector.storage.port import (
+from projector.storage.port import LogSchemaError
+from projector.storage.rows import (
     LOGGED_COLUMNS,
     Appended,
     Change,
     LoggedDelivery,
-    LogSchemaError,
     NewDelivery,
     StoredRow,
     check_continues,

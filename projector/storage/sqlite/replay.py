@@ -16,7 +16,7 @@ import structlog
 
 from projector.events import format_instant, parse_change
 from projector.readmodels import READ_MODELS, FoldError, ReadModel, read_changes
-from projector.storage.port import LoggedDelivery
+from projector.storage.rows import LoggedDelivery
 from projector.storage.sqlite import chain, log, tables
 from projector.storage.sqlite.log import insert_many
 from projector.storage.sqlite.projection import fold_changes, prepare, record_errors

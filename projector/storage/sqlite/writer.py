@@ -15,14 +15,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from projector.storage.port import (
-    Appended,
-    CommitOutcome,
-    NewDelivery,
-    Overloaded,
-    StorageUnavailable,
-    probe_delivery,
-)
+from projector.storage.port import CommitOutcome, Overloaded, StorageUnavailable
+from projector.storage.rows import Appended, NewDelivery, probe_delivery
 from projector.storage.sqlite import log
 
 T = TypeVar("T")
