@@ -33,17 +33,22 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 # The evidence behind RELIABILITY.md: a long crash loop, then the hostile-input table, the
-# fuzzers at 2,000 examples each, and the machine faults (a few minutes in all).
+# fuzzers at 2,000 examples each, and the machine faults; then the crash loop on PostgreSQL
+# (two processes and a throwaway cluster: needs initdb, Debian: apt-get install postgresql).
+# A few minutes in all.
 reliability: $(STAMP)
 	$(BIN)/python -m tests.crash_loop --kills 12
 	HYPOTHESIS_PROFILE=reliability $(BIN)/pytest -q -p no:cacheprovider \
 		tests/test_hostile.py tests/test_fuzz.py tests/test_machine_faults.py tests/test_crash.py \
 		--hypothesis-show-statistics
+	$(BIN)/python -m tests.pg_crash_loop --kills 12
 
 # The service against its baselines (BENCHMARKS.md); needs wrk (Debian: apt-get install wrk).
 # The first run builds 250k- and 1M-delivery logs under bench-results/ (a few minutes).
+# Then the PostgreSQL part (pgbench too), when a server answers at PROJECTOR_TEST_POSTGRES.
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run
+	$(BIN)/python -m tests.bench.postgres --if-server
 
 schemas: $(STAMP)
 	$(BIN)/projector schemas

@@ -133,12 +133,32 @@ class ProjectionState(Answer):
     )
 
 
+class AlertFailure(Answer):
+    seq: int = Field(description="The delivery whose transition raised the alert.")
+    kind: str
+    error: str = Field(description="The last attempt's error, e.g. 'HTTP 500: ...'.")
+    failed_at: str = Field(description="When it was given up on, ISO 8601 UTC.")
+
+
+class AlertOutboxState(Answer):
+    """The alert projector (PROJECTOR_ALERT_URL): its checkpoint and outbox."""
+
+    position: int = Field(description="Last seq the alert projector derived alerts from.")
+    pending: int = Field(description="Alerts waiting to be sent, or to be retried.")
+    sent: int = Field(description="Alerts delivered (answered 2xx), one by one or summed up.")
+    failed: int = Field(description="Alerts given up on after every retry failed.")
+    last_failure: AlertFailure | None = Field(description="The latest alert given up on.")
+
+
 class Projections(Answer):
     log_head: int
     log_head_hash: str = Field(
         description="SHA-256 chain hash of the head row; record it to check the log later."
     )
     projections: list[ProjectionState]
+    alerts: AlertOutboxState | None = Field(
+        description="Null until PROJECTOR_ALERT_URL is first set on this database."
+    )
 
 
 class MinuteDeliveries(Answer):

@@ -12,17 +12,19 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from projector import answers, queries, readers
+from projector import answers
 from projector.answercache import AnswerCache, CachedAnswer
 from projector.config import normalise_environment
+from projector.cursors import InvalidCursor
 from projector.flags import FLAGGED_CHOICES, flag_problem
 from projector.http import ApiError, Handler, error_response, json_answer
 from projector.readmodels import READ_MODELS
+from projector.storage.port import Reads, StorageUnavailable
+from projector.storage.queries import RUN_STATUS_FILTERS
 
 logger = structlog.get_logger("projector.api")
 
-READERS = web.AppKey("readers", readers.ReaderPool)
-ACCOUNT_READS = web.AppKey("account_reads", readers.AccountReads)
+READS = web.AppKey("reads", Reads)
 _SEQ_VALUE = re.compile(r"[0-9]{1,18}")
 _LIMIT_VALUE = re.compile(r"[0-9]{1,4}")
 
@@ -87,9 +89,9 @@ def _cursor_checked() -> Iterator[None]:
     try:
         yield
     # A forged cursor can decode to a lone surrogate ("\ud800"), which passes the cursor's type
-    # checks but which SQLite cannot bind: that is a bad cursor too, not a 500. (Path and query
+    # checks but which no engine can bind: that is a bad cursor too, not a 500. (Path and query
     # values cannot hold one: aiohttp refuses raw non-ASCII and yarl leaves bad escapes as is.)
-    except (queries.InvalidCursor, UnicodeEncodeError):
+    except (InvalidCursor, UnicodeEncodeError):
         raise ApiError(
             400, "invalid_cursor", "cursor was not issued by this list; start again without it"
         ) from None
@@ -100,8 +102,7 @@ def _cursor_checked() -> Iterator[None]:
 
 async def account_connections(request: web.Request) -> web.Response:
     params = query_params(request, ())
-    answer = await queries.account_connections(
-        request.app[ACCOUNT_READS],
+    answer = await request.app[READS].account_connections(
         environment_param(params),
         request.match_info["linked_account_id"],
     )
@@ -112,11 +113,10 @@ async def list_connections(request: web.Request) -> web.Response:
     params = query_params(request, ("status", "slug", "limit", "cursor"))
     environment, limit = environment_param(params), _limit(params)
     status = _status(params, ("connected", "expired", "deleted"))
-    async with request.app[READERS].connection() as conn:
-        with _cursor_checked():
-            answer = await queries.list_connections(
-                conn, environment, status, params.get("slug"), limit, params.get("cursor")
-            )
+    with _cursor_checked():
+        answer = await request.app[READS].list_connections(
+            environment, status, params.get("slug"), limit, params.get("cursor")
+        )
     return json_answer(answer)
 
 
@@ -124,11 +124,10 @@ async def workflow_run(request: web.Request) -> web.Response:
     params = query_params(request, ("limit", "cursor"))
     environment, limit = environment_param(params), _limit(params)
     instance_id = request.match_info["instance_id"]
-    async with request.app[READERS].connection() as conn:
-        with _cursor_checked():
-            answer = await queries.workflow_run(
-                conn, environment, instance_id, limit, params.get("cursor")
-            )
+    with _cursor_checked():
+        answer = await request.app[READS].workflow_run(
+            environment, instance_id, limit, params.get("cursor")
+        )
     if answer is None:
         raise ApiError(
             404,
@@ -141,18 +140,16 @@ async def workflow_run(request: web.Request) -> web.Response:
 async def account_runs(request: web.Request) -> web.Response:
     params = query_params(request, ("status", "workflow_id", "limit", "cursor"))
     environment, limit = environment_param(params), _limit(params)
-    status = _status(params, queries.RUN_STATUS_FILTERS)
-    async with request.app[READERS].connection() as conn:
-        with _cursor_checked():
-            answer = await queries.account_runs(
-                conn,
-                environment,
-                request.match_info["linked_account_id"],
-                status,
-                params.get("workflow_id"),
-                limit,
-                params.get("cursor"),
-            )
+    status = _status(params, RUN_STATUS_FILTERS)
+    with _cursor_checked():
+        answer = await request.app[READS].account_runs(
+            environment,
+            request.match_info["linked_account_id"],
+            status,
+            params.get("workflow_id"),
+            limit,
+            params.get("cursor"),
+        )
     return json_answer(answer)
 
 
@@ -179,27 +176,24 @@ async def audit_events(request: web.Request) -> web.Response:
     environment, limit = environment_param(params), _limit(params)
     after = _seq(params.get("after", "0"), "after")
     flagged, flag = _flagged(params), _flag(params)
-    async with request.app[READERS].connection() as conn:
-        with _cursor_checked():
-            answer = await queries.audit_events(
-                conn,
-                environment,
-                params.get("linked_account_id"),
-                params.get("event"),
-                after,
-                limit,
-                params.get("cursor"),
-                flagged=flagged,
-                flag=flag,
-            )
+    with _cursor_checked():
+        answer = await request.app[READS].audit_events(
+            environment,
+            params.get("linked_account_id"),
+            params.get("event"),
+            after,
+            limit,
+            params.get("cursor"),
+            flagged=flagged,
+            flag=flag,
+        )
     return json_answer(answer)
 
 
 async def audit_event(request: web.Request) -> web.Response:
     params = query_params(request, ())
     seq = _seq(request.match_info["seq"], "seq")
-    async with request.app[READERS].connection() as conn:
-        answer = await queries.audit_event(conn, environment_param(params), seq)
+    answer = await request.app[READS].audit_event(environment_param(params), seq)
     if answer is None:
         raise ApiError(
             404,
@@ -212,8 +206,7 @@ async def audit_event(request: web.Request) -> web.Response:
 async def projections(request: web.Request) -> web.Response:
     # The answer covers both environments; a given one is still checked, never ignored.
     environment_param(query_params(request, ()))
-    async with request.app[READERS].connection() as conn:
-        answer = await queries.projection_states(conn)
+    answer = await request.app[READS].projection_states()
     return json_answer(answer)
 
 
@@ -234,9 +227,8 @@ async def fold_errors(request: web.Request) -> web.Response:
             f"{', '.join(PROJECTION_NAMES)} (see /v1/projections)",
         )
     limit = _limit(params)
-    async with request.app[READERS].connection() as conn:
-        with _cursor_checked():
-            answer = await queries.fold_errors(conn, name, limit, params.get("cursor"))
+    with _cursor_checked():
+        answer = await request.app[READS].fold_errors(name, limit, params.get("cursor"))
     return json_answer(answer)
 
 
@@ -373,6 +365,18 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}  # 405 names them
         return error_response(
             exc.status, code, f"{exc.reason}: {request.method} {request.path[:200]}", kept
+        )
+    except StorageUnavailable as exc:
+        # The database is down or cut the connection: expected, and over once it is back, so
+        # a 503 the client may retry, not a 500 (the pools reconnect by themselves).
+        logger.warning(
+            "read_unavailable", method=request.method, path=request.path[:200], detail=str(exc)
+        )
+        return error_response(
+            503,
+            "storage_unavailable",
+            "the database could not be read just now; retry after Retry-After seconds",
+            {"Retry-After": "5"},
         )
     except Exception:
         logger.exception("unexpected_error", method=request.method, path=request.path[:200])

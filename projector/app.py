@@ -1,32 +1,29 @@
-"""The composition root: wires settings, the write lane, readers, projector and routes."""
+"""The composition root: wires settings, storage, the projector loop and the routes."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from functools import partial
 
 import structlog
 from aiohttp import web
 
-from projector import api, apidocs, changes, health, log, metrics, projection, replay, ui
+from projector import api, apidocs, changes, health, metrics, ui
+from projector.alerting import AlertLoop
 from projector.answercache import AnswerCache
 from projector.config import Settings
-from projector.readers import AccountReads, ReaderPool
 from projector.receiver import make_receiver
-from projector.writer import WriteLane
+from projector.storage.engine import storage_for
+from projector.storage.port import Projector, Storage
 
 logger = structlog.get_logger("projector.app")
 
 PROJECTION_BATCH = 500
-# The projector also polls, so deliveries appended by another process are folded too.
+# The projector also polls, so deliveries appended by another process are folded too, and
+# a process that does not fold sees the read models move.
 IDLE_POLL_SECONDS = 1.0
-# After a commit wakes it, the projector lets more commits gather for this long: one batch
-# then folds many of them, and its fixed cost (a transaction, the state reads) is paid once
-# per batch rather than once per commit. It adds at most this much to projection lag.
-GATHER_SECONDS = 0.02
+STORAGE = web.AppKey("storage", Storage)
 
 
 def utc_now() -> datetime:
@@ -35,47 +32,26 @@ def utc_now() -> datetime:
 
 
 async def project_continuously(
-    lane: WriteLane, wake: asyncio.Event, read_models_changed: Callable[[], None] = lambda: None
+    projector: Projector, read_models_changed: Callable[[], None] = lambda: None
 ) -> None:
     """Fold new deliveries as they are committed, off the request path, forever.
 
     `read_models_changed` is called after each batch that folded anything, and when the
-    projections' positions or generations moved otherwise (a `projector rebuild` swap).
+    projections' positions or generations moved otherwise (a rebuild's swap, another process).
     """
     seen: object = None
     while True:
-        # What the lane just committed, changes parsed by the receiver: folded without
-        # reading the log again.
-        batch = partial(
-            projection.catch_up_batch, limit=PROJECTION_BATCH, known=lane.take_committed()
-        )
         try:
-            folded = await lane.run(batch)
-            state: object = None if folded else await lane.run(projection.state_token)
-        except Exception as exc:  # e.g. the database is locked by a long rebuild: try again
+            folded = await projector.fold_new(PROJECTION_BATCH)
+            state: object = None if folded else await projector.state_token()
+        except Exception as exc:  # e.g. the database is locked by a rebuild, or unreachable
             logger.error("projection_batch_failed", error=str(exc))
             folded, state = 0, seen
         if folded or state != seen:
             read_models_changed()
             seen = state
         if folded < PROJECTION_BATCH:
-            # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that lands as
-            # the wait completes (a commit just set `wake`), and shutdown then waits forever.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(IDLE_POLL_SECONDS):
-                    await wake.wait()
-                await asyncio.sleep(GATHER_SECONDS)
-            wake.clear()
-
-
-async def open_storage(lane: WriteLane) -> None:
-    """Migrate the log, and rebuild any projection whose version changed."""
-    await lane.run(log.migrate)
-    stale = await lane.run(projection.prepare)
-    if stale:
-        # New database, or a release changed a fold: the read models are rebuilt from the log.
-        logger.info("projections_rebuilding", projections=stale, reason="new or version changed")
-        await lane.run(replay.rebuild)
+            await projector.wait_for_appends(IDLE_POLL_SECONDS)
 
 
 def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> web.Application:
@@ -90,54 +66,56 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
         handler_args={"auto_decompress": False},
         middlewares=[api.json_errors, api.bearer_auth(settings.read_tokens), api.etag(answers)],
     )
-    wake = asyncio.Event()
-    readers = ReaderPool(settings.db)
-    change_hub = changes.add_change_stream(app, settings, readers)
+
+    alert_loop: AlertLoop | None = None
 
     def read_models_changed() -> None:
         answers.read_models_changed()
         change_hub.read_models_changed()
+        if alert_loop is not None:
+            alert_loop.wake()
 
-    def committed(projected: bool) -> None:
-        if projected:  # folded in the commit: the answers change now, nothing is left to do
-            read_models_changed()
-        else:
-            wake.set()
-
-    lane = WriteLane(
+    storage = storage_for(
         settings.db,
-        settings.max_pending,
-        committed,
-        project=projection.project_appended,
+        max_pending=settings.max_pending,
+        on_read_models_changed=read_models_changed,
         on_batch=observed.commit_batch_size.observe,
     )
-    app[api.READERS] = readers
-    app[api.ACCOUNT_READS] = AccountReads(readers)
+    change_hub = changes.add_change_stream(app, settings, storage.reads)
+    app[STORAGE] = storage
+    if settings.alert_url:
+        alert_loop = AlertLoop(
+            storage.alerts,
+            storage.projector,
+            settings.alert_url,
+            max_per_minute=settings.alert_max_per_minute,
+            retry_seconds=settings.alert_retry_seconds,
+            metrics=observed,
+        )
+    app[api.READS] = storage.reads
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        await lane.open()
-        await open_storage(lane)
-        await readers.open()
+        await storage.open()
         projector = asyncio.create_task(
-            project_continuously(lane, wake, read_models_changed), name="projector"
+            project_continuously(storage.projector, read_models_changed), name="projector"
         )
         watch.task = projector
-        logger.info("storage_ready", db=str(settings.db))
+        # Alerts are derived and sent by a task of their own: ingest never waits on them.
+        alerting = None if alert_loop is None else asyncio.create_task(alert_loop.run())
+        logger.info("storage_ready", db=storage.description)
         yield
         # Shutdown: requests have finished; stop folding, commit what is queued, close.
-        projector.cancel()
-        await asyncio.gather(projector, return_exceptions=True)
-        # Readers first: a reader that has read keeps a lock that stops the writer's close
-        # from checkpointing, and a read-only connection cannot checkpoint. Closed last, the
-        # writer copies the WAL into the database file and removes it.
-        await readers.close()
-        await lane.close()
+        tasks = [task for task in (projector, alerting) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await storage.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post(
         "/webhooks/refold",
         make_receiver(
-            lane,
+            storage.log,
             settings.signing_keys,
             settings.max_body_bytes,
             settings.max_pending,
@@ -148,5 +126,5 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
     api.add_query_routes(app)
     apidocs.add_document_routes(app)
     ui.add_ui_routes(app)
-    metrics.install(app, settings, observed, lane, readers, watch)
+    metrics.install(app, settings, observed, storage, watch)
     return app

@@ -6,16 +6,14 @@ import asyncio
 import contextlib
 import socket
 import time
-from typing import Any
 
 import structlog
 from aiohttp import web
 
-from projector import queries
-from projector.api import ACCOUNT_READS, environment_param, query_params
+from projector.api import environment_param, query_params
 from projector.config import Settings
 from projector.http import ApiError
-from projector.readers import ReaderPool, fetch_rows
+from projector.storage.port import ChangedRow, Reads
 
 logger = structlog.get_logger("projector.changes")
 
@@ -48,8 +46,8 @@ class ChangeHub:
     sends only what the read models already hold.
     """
 
-    def __init__(self, readers: ReaderPool, settings: Settings) -> None:
-        self.readers = readers
+    def __init__(self, reads: Reads, settings: Settings) -> None:
+        self.reads = reads
         self.max_streams = settings.max_streams
         self.heartbeat_seconds = settings.stream_heartbeat_seconds
         self.write_timeout_seconds = settings.stream_write_timeout_seconds
@@ -78,9 +76,7 @@ class ChangeHub:
 
     async def refresh(self) -> None:
         """Read the projections' common position; wake the streams if it moved."""
-        async with self.readers.connection() as conn:
-            rows = await fetch_rows(conn, "SELECT coalesce(min(position), 0) FROM projections")
-        folded = int(rows[0][0])
+        folded = await self.reads.folded_position()
         if folded != self.folded:
             self.folded = folded
             self._notify()
@@ -152,7 +148,12 @@ class ChangeStream:
         rows = await self._read(until)
         current: dict[tuple[str, str], str | None] = {}  # one read per account or run a batch
         for seq, kind, account, instance in rows:
-            key = ("connection", account) if kind == "connection" else ("workflow_run", instance)
+            # A clean delivery names the account (connections) or the instance (runs) it is of.
+            key = (
+                ("connection", str(account))
+                if kind == "connection"
+                else ("workflow_run", str(instance))
+            )
             if key not in current:
                 current[key] = await self._answer(*key)
             data = current[key]
@@ -164,34 +165,22 @@ class ChangeStream:
                 return
         self.position = rows[-1][0] if len(rows) == STREAM_BATCH else until
 
-    async def _read(self, until: int) -> list[Any]:
+    async def _read(self, until: int) -> list[ChangedRow]:
         """The next clean deliveries: exactly those the projectors fold (a change each).
 
         Their kind and key columns, not their bodies: a batch holds a few short rows
         whatever size the bodies were, and nothing is parsed again.
         """
-        where = ["seq > ?", "seq <= ?", "environment = ?", "flags = '[]'", "kind IS NOT NULL"]
-        params: list[int | str] = [self.position, until, self.environment]
-        if self.account is not None:
-            where.append("linked_account_id = ?")
-            params.append(self.account)
-        async with self.hub.readers.connection() as conn:
-            return await fetch_rows(
-                conn,
-                "SELECT seq, kind, linked_account_id, instance_id FROM deliveries"
-                f" WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
-                *params,
-                STREAM_BATCH,
-            )
+        return await self.hub.reads.changed_rows(
+            self.environment, self.account, self.position, until, STREAM_BATCH
+        )
 
     async def _answer(self, kind: str, key: str) -> str | None:
         """The answer as GET would give it now (JSON), or None for a run not in the models."""
         if kind == "connection":
-            reads = self.request.app[ACCOUNT_READS]
-            banner = await queries.account_connections(reads, self.environment, key)
+            banner = await self.hub.reads.account_connections(self.environment, key)
             return banner.model_dump_json()
-        async with self.hub.readers.connection() as conn:
-            run = await queries.run_summary(conn, self.environment, key)
+        run = await self.hub.reads.run_summary(self.environment, key)
         return None if run is None else run.model_dump_json()
 
     async def _send(self, text: str) -> None:
@@ -242,17 +231,6 @@ def _bound_send_buffer(request: web.Request) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SOCKET_BUFFER)
 
 
-async def _positions(readers: ReaderPool) -> tuple[int, int]:
-    """The projections' common position and the log head, in one snapshot."""
-    async with readers.connection() as conn:
-        rows = await fetch_rows(
-            conn,
-            "SELECT (SELECT coalesce(min(position), 0) FROM projections),"
-            " (SELECT coalesce(max(seq), 0) FROM deliveries)",
-        )
-    return int(rows[0][0]), int(rows[0][1])
-
-
 async def stream_changes(request: web.Request) -> web.StreamResponse:
     """GET /v1/changes: one event per folded delivery after Last-Event-ID (or from now)."""
     params = query_params(request, ("linked_account_id",))
@@ -267,7 +245,7 @@ async def stream_changes(request: web.Request) -> web.StreamResponse:
             f" reconnect after {RETRY_AFTER_SECONDS} seconds",
             {"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
-    folded, head = await _positions(hub.readers)
+    folded, head = await hub.reads.positions()
     if resume is not None and resume > head:
         raise ApiError(
             400,
@@ -298,9 +276,9 @@ async def stream_changes(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def add_change_stream(app: web.Application, settings: Settings, readers: ReaderPool) -> ChangeHub:
+def add_change_stream(app: web.Application, settings: Settings, reads: Reads) -> ChangeHub:
     """Register GET /v1/changes; the caller calls `read_models_changed` after each fold."""
-    hub = ChangeHub(readers, settings)
+    hub = ChangeHub(reads, settings)
     app[CHANGE_HUB] = hub
 
     following: list[asyncio.Task[None]] = []

@@ -1,4 +1,4 @@
-"""The `projector` command: serve, rebuild, verify, backup, send, events, schemas, subscribe..."""
+"""The `projector` command: serve, rebuild, verify, backup, copy, send, events, doctor..."""
 
 from __future__ import annotations
 
@@ -10,13 +10,18 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from projector import database, integrity, log, projection, queries, replay, schemas, server
+from projector import integrity, schemas, server
+from projector.cli_doctor import add_command as add_doctor_command
+from projector.cli_log import add_commands as add_log_commands
 from projector.cli_subscriptions import add_commands as add_subscription_commands
 from projector.cliargs import EPILOGS, flag_argument, log_position, package_version, whole_number
 from projector.config import ConfigError, Settings, load_settings, normalise_environment
 from projector.logs import configure_logging
-from projector.readers import ReaderPool
 from projector.sender import send_bodies, terminal_progress
+from projector.storage.engine import check_location, open_reads
+from projector.storage.port import LogSchemaError, StorageUnavailable
+from projector.storage.rows import RowsDoNotContinue
+from projector.storage.sqlite import replay
 
 EXIT_CONFIG = 2
 
@@ -55,69 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=True)
     configure_logging(settings.log_format, settings.log_level)
     seed = None if args.seed is None else _read_bodies(args.seed)
-    database.check_database(settings.db, readonly=False, create=True)
+    check_location(settings.db, readonly=False, create=True)
     server.run_event_loop(server.serve(settings, seed))
-    return 0
-
-
-# --- rebuild ----------------------------------------------------------------------------
-
-
-def cmd_rebuild(args: argparse.Namespace) -> int:
-    settings = _settings(args, secrets=False)
-    configure_logging(settings.log_format, settings.log_level)
-    conn = database.open_database(settings.db, readonly=False)
-    try:
-        log.migrate(conn)
-        head = replay.rebuild(conn)
-        for state in projection.statuses(conn):
-            print(
-                f"{state.name}: version {state.version}, position {state.position}, "
-                f"errors {state.errors}"
-            )
-    finally:
-        conn.close()
-    print(f"rebuilt from {head} deliveries")
-    return 0
-
-
-# --- verify ---------------------------------------------------------------------------
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    settings = _settings(args, secrets=False)
-    conn = database.open_database(settings.db, readonly=True)
-    try:
-        log.check_version(conn)
-        quick_check = [row[0] for row in conn.execute("PRAGMA quick_check")]
-        report = integrity.verify_chain(conn)
-        stored_head = integrity.head_hash(conn)
-    finally:
-        conn.close()
-    intact = report.intact and quick_check == ["ok"]
-    print(f"sqlite quick_check: {'; '.join(quick_check)}")
-    if report.intact:
-        print(f"chain: {report.rows} rows, seq 1..{report.head_seq} without gaps, hashes match")
-    else:
-        print(f"chain: broken at seq {report.broken_at}: {report.problem}")
-        print(f"intact up to seq {report.head_seq}, hash {report.head_hash}")
-    print(f"head: seq {stored_head[0]}, hash {stored_head[1]}")
-    print("log intact" if intact else "log NOT intact: restore from a backup you verified")
-    return 0 if intact else 1
-
-
-# --- backup ---------------------------------------------------------------------------
-
-
-def cmd_backup(args: argparse.Namespace) -> int:
-    settings = _settings(args, secrets=False)
-    source = database.open_database(settings.db, readonly=True)
-    try:
-        destination = database.check_backup_destination(Path(args.destination))
-        head = database.backup(source, destination)
-    finally:
-        source.close()
-    print(f"backed up {head} deliveries and the read models to {destination}")
     return 0
 
 
@@ -166,11 +110,10 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 async def _print_events(settings: Settings, args: argparse.Namespace) -> int:
     printed, cursor = 0, None
-    async with ReaderPool(settings.db, size=1) as pool, pool.connection() as conn:
+    async with open_reads(settings.db) as reads:
         while args.limit is None or printed < args.limit:
             page_size = 1000 if args.limit is None else min(1000, args.limit - printed)
-            page = await queries.audit_events(
-                conn,
+            page = await reads.audit_events(
                 args.environment,
                 args.linked_account_id,
                 args.event,
@@ -192,7 +135,7 @@ async def _print_events(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_events(args: argparse.Namespace) -> int:
     settings = _settings(args, secrets=False)
     configure_logging(settings.log_format, settings.log_level)
-    database.check_database(settings.db, readonly=True)
+    check_location(settings.db, readonly=True)
     asyncio.run(_print_events(settings, args))
     return 0
 
@@ -262,30 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=cmd_serve)
 
-    rebuild = _command(
-        commands,
-        "rebuild",
-        "replay the whole log into fresh read models and swap them in "
-        "atomically (safe while the server runs)",
-    )
-    rebuild.set_defaults(run=cmd_rebuild)
-
-    verify = _command(
-        commands,
-        "verify",
-        "walk the log: check seq has no gaps and every row's hash chain; print the head hash "
-        "(exit 0 intact, 1 not)",
-    )
-    verify.set_defaults(run=cmd_verify)
-
-    backup = _command(
-        commands,
-        "backup",
-        "copy the database (log and read models) to a new file, consistently, "
-        "while the server runs",
-    )
-    backup.add_argument("destination", metavar="FILE")
-    backup.set_defaults(run=cmd_backup)
+    add_log_commands(lambda name, summary: _command(commands, name, summary))
 
     send = _command(
         commands,
@@ -334,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.set_defaults(run=cmd_schemas)
     add_subscription_commands(lambda name, summary: _command(commands, name, summary))
+    add_doctor_command(lambda name, summary: _command(commands, name, summary))
     return parser
 
 
@@ -345,7 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"projector: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except log.LogSchemaError as exc:
+    except LogSchemaError as exc:
+        print(f"projector: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except RowsDoNotContinue as exc:
+        print(f"projector: {exc}", file=sys.stderr)
+        return 1
+    except StorageUnavailable as exc:  # PostgreSQL not reachable: its message says what to do
         print(f"projector: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     # Only start-up errors reach here; the service handles its own.

@@ -97,6 +97,16 @@ EPILOGS = {
         "     new, in a folder that exists and that you can write to)\n",
         "PROJECTOR_DB=data/projector.sqlite3 projector backup /backups/projector-monday.sqlite3",
     ),
+    "copy": _epilog(
+        "  no database variable: SOURCE and DEST, each a SQLite file or a postgresql:// URL\n"
+        + _LOGS,
+        "  0  copied: both heads (seq and hash) are printed, and match\n"
+        "  1  the logs differ (DEST holds rows that are not SOURCE's), SOURCE is not intact,\n"
+        "     or a database failed part-way: run the same command again to resume\n"
+        "  2  a configuration error, named in one line: a bad URL, a file that cannot be\n"
+        "     read or created, a server that cannot be reached (nothing was copied)\n",
+        "projector copy data/projector.sqlite3 postgresql://projector:$PW@db.example.com/projector",
+    ),
     "send": _epilog(
         "  PROJECTOR_SIGNING_KEYS environment:api_key pairs; the first key of each\n"
         "                         environment signs that environment's lines\n" + _LOGS,
@@ -137,5 +147,22 @@ EPILOGS = {
         + _REFOLD_EXITS
         + _CONFIG_ERROR,
         "projector unsubscribe https://projector.example.com/webhooks/refold --environment test",
+    ),
+    "doctor": _epilog(
+        "  PROJECTOR_SIGNING_KEYS environment:api_key pairs (required); each environment's\n"
+        "                         first key lists its subscriptions in Refold\n"
+        "  PROJECTOR_READ_TOKENS  bearer tokens for the query API (required)\n"
+        + _DB
+        + "  PROJECTOR_PUBLIC_URL   if set: <it>/healthz must answer, and the subscriptions\n"
+        "                         must point at <it>/webhooks/refold\n"
+        "  PROJECTOR_REFOLD_API   Refold's API (default https://app.refold.ai)\n"
+        "  PROJECTOR_REFOLD_TIMEOUT_SECONDS  bound on each call to Refold (default 10)\n"
+        "  PROJECTOR_ALERT_URL    where --send-test-alert POSTs a test alert\n"
+        + _LOGS
+        + "  and every other setting, checked as `serve` checks it\n",
+        "  0  every check passed (or was skipped)\n"
+        "  1  some check failed: its line says what is wrong and what to do\n"
+        "  2  a usage mistake (an unknown option), named in one line\n",
+        "PROJECTOR_PUBLIC_URL=https://projector.example.com projector doctor --send-test-alert",
     ),
 }

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from projector.storage.location import Location, parse_location
+
 ENVIRONMENTS = ("test", "live")
 # Refold's pages say "live" in some places and "production" in others: one environment.
 ENVIRONMENT_ALIASES = {"test": "test", "live": "live", "production": "live"}
@@ -101,7 +103,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PROJECTOR_", extra="ignore")
 
-    db: Path = Path("data/projector.sqlite3")
+    # A SQLite file, or a postgresql:// URL (projector.storage.location).
+    db: Annotated[Location, NoDecode] = Path("data/projector.sqlite3")
     signing_keys: Annotated[tuple[SigningKey, ...], NoDecode] = Field(default=(), repr=False)
     read_tokens: Annotated[tuple[bytes, ...], NoDecode] = Field(default=(), repr=False)
     host: str = "127.0.0.1"
@@ -124,6 +127,12 @@ class Settings(BaseSettings):
     public_url: str | None = None
     refold_api: str = "https://app.refold.ai"
     refold_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Alerting (projector.alerting): where alerts are POSTed (a secret, like a Slack webhook
+    # URL: never logged whole), how many go one by one in a minute before a flood is summed
+    # up, and the first retry's delay (each further retry waits twice as long).
+    alert_url: str | None = Field(default=None, repr=False)
+    alert_max_per_minute: int = Field(default=30, ge=1, le=10_000)
+    alert_retry_seconds: float = Field(default=10.0, gt=0, le=600)
 
     @field_validator("signing_keys", mode="before")
     @classmethod
@@ -131,6 +140,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return parse_signing_keys(value)
         return tuple(value)
+
+    @field_validator("db", mode="before")
+    @classmethod
+    def _db(cls, value: Any) -> Location:
+        try:
+            return parse_location(value)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     @field_validator("ready_max_lag_seconds", mode="before")
     @classmethod
@@ -147,6 +164,11 @@ class Settings(BaseSettings):
     def _public_url(cls, value: Any) -> str | None:
         text = str(value).strip() if value is not None else ""
         return parse_base_url("PROJECTOR_PUBLIC_URL", text, "https://projector.example.com") or None
+
+    @field_validator("alert_url", mode="before")
+    @classmethod
+    def _alert_url(cls, value: Any) -> str | None:
+        return parse_alert_url(str(value).strip() if value is not None else "") or None
 
     @field_validator("refold_api", mode="before")
     @classmethod
@@ -171,6 +193,22 @@ def parse_base_url(name: str, raw: str, example: str) -> str:
             f"{name} is {raw[:60]!r}; set it to an http:// or https:// address such as {example}"
         )
     return raw.rstrip("/")
+
+
+_ALERT_URL = re.compile(r"(https?)://([^\s/?#@]+@)?([^\s/?#@]+)(/[^\s#]*)?(\?[^\s#]*)?")
+
+
+def parse_alert_url(raw: str) -> str:
+    """PROJECTOR_ALERT_URL: an http(s) address, path and query kept as given; '' stays ''."""
+    if raw and not _ALERT_URL.fullmatch(raw):
+        # The value is not echoed: a webhook URL carries its secret in the path.
+        raise ConfigError(
+            "PROJECTOR_ALERT_URL is not an http:// or https:// address (its value is not shown: "
+            "it may hold a secret); set it to the full address alerts are POSTed to, such as "
+            "a Slack incoming webhook's https://hooks.slack.com/services/..., without spaces "
+            "or a #fragment"
+        )
+    return raw
 
 
 def parse_max_lag(raw: object) -> float:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 # Every stored column but the hash itself, in a fixed order: changing any byte of any of
@@ -66,80 +65,40 @@ class ChainReport:
         return self.broken_at is None
 
 
-def hashed_rows(
-    conn: sqlite3.Connection, chunk: int = 5000
-) -> Iterator[tuple[int, tuple[Value, ...], str]]:
-    """(seq, hashed columns, stored hash) in seq order, a chunk at a time: flat memory."""
-    after = 0
-    columns = ", ".join((*HASHED_COLUMNS, "row_hash"))
-    while rows := conn.execute(
-        f"SELECT {columns} FROM deliveries WHERE seq > ? ORDER BY seq LIMIT ?", (after, chunk)
-    ).fetchall():
-        for row in rows:
-            yield row[0], row[:-1], row[-1]
-        after = rows[-1][0]
-
-
-def verify_chain(conn: sqlite3.Connection, chunk: int = 5000) -> ChainReport:
-    """Walk the whole log; report the first row breaking the sequence or the chain.
-
-    The walk and the count of rows run in one read transaction (one snapshot), so rows
-    appended meanwhile by a running server are neither walked nor counted.
-    """
-    own = not conn.in_transaction
-    if own:
-        conn.execute("BEGIN")
-    try:
-        report = _walk(conn, chunk)
-        return _outside_the_chain(conn, report) if report.intact else report
-    finally:
-        if own:
-            conn.execute("COMMIT")
-
-
-def _walk(conn: sqlite3.Connection, chunk: int) -> ChainReport:
-    expected_seq, previous, rows = 1, GENESIS_HASH, 0
-    for seq, content, stored in hashed_rows(conn, chunk):
+def walk(rows: Iterable[tuple[int, Sequence[Value], str]]) -> ChainReport:
+    """Check (seq, hashed columns, stored hash) rows in seq order from seq 1; first break wins."""
+    expected_seq, previous, count = 1, GENESIS_HASH, 0
+    for seq, content, stored in rows:
         if seq != expected_seq:
             problem = f"seq {expected_seq} is missing: the next row has seq {seq}"
-            return ChainReport(rows, expected_seq - 1, previous, expected_seq, problem)
+            return ChainReport(count, expected_seq - 1, previous, expected_seq, problem)
         computed = row_hash(previous, content)
         if stored != computed:
             problem = (
                 f"the stored hash {stored} is not the hash of this row's content chained to "
                 f"the previous row's ({computed}): the row or an earlier one was altered"
             )
-            return ChainReport(rows, expected_seq - 1, previous, expected_seq, problem)
-        previous, expected_seq, rows = computed, expected_seq + 1, rows + 1
-    return ChainReport(rows, expected_seq - 1, previous)
+            return ChainReport(count, expected_seq - 1, previous, expected_seq, problem)
+        previous, expected_seq, count = computed, expected_seq + 1, count + 1
+    return ChainReport(count, expected_seq - 1, previous)
 
 
-def _outside_the_chain(conn: sqlite3.Connection, walked: ChainReport) -> ChainReport:
-    """`walked` (intact), or the first row the walk of seq 1.. never reached (seq 0 or less)."""
-    # The walk starts at seq 1, so a row below it (written with the guards dropped, or into a
-    # log created before the CHECK on seq) would go unseen: the table must hold the walk alone.
-    count, lowest, highest = conn.execute(
-        "SELECT count(*), min(seq), max(seq) FROM deliveries"
-    ).fetchone()
+def holds_only_the_chain(
+    walked: ChainReport, count: int, lowest: int | None, highest: int | None
+) -> bool:
+    """Whether a table of `count` rows, seq `lowest`..`highest`, holds the walked chain alone."""
     expected = (walked.rows, 1, walked.head_seq) if walked.rows else (0, None, None)
-    if (count, lowest, highest) == expected:
-        return walked
-    seq = conn.execute(
-        "SELECT seq FROM deliveries WHERE seq < 1 OR seq > ? ORDER BY seq LIMIT 1",
-        (walked.head_seq,),
-    ).fetchone()[0]
+    return (count, lowest, highest) == expected
+
+
+def row_outside_the_chain(walked: ChainReport, count: int, seq: int) -> ChainReport:
+    """`walked`, broken at a row (`seq`) that the walk of seq 1.. never reached."""
     problem = (
         f"a row with seq {seq} lies outside the chain's seq 1..{walked.head_seq}: the log "
         f"holds {count} rows, the chain {walked.rows}; rows are numbered from 1 and only ever "
         "appended at the head, so this one was put in by other means"
     )
     return replace(walked, broken_at=seq, problem=problem)
-
-
-def head_hash(conn: sqlite3.Connection) -> tuple[int, str]:
-    """The last seq and its stored hash; (0, genesis) for an empty log."""
-    row = conn.execute("SELECT seq, row_hash FROM deliveries ORDER BY seq DESC LIMIT 1").fetchone()
-    return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
 
 
 class LogNotIntact(Exception):
@@ -154,21 +113,3 @@ def missing_row(expected: int, found: int | None) -> LogNotIntact:
         "1, 2, 3... without gaps, so rows were removed or put in by other means. Nothing past "
         "the gap is folded: run `projector verify`, and restore the log from a backup"
     )
-
-
-def check_without_gaps(conn: sqlite3.Connection, head: int) -> None:
-    """Raise LogNotIntact unless seq 1..`head` are all there (a count; a search only if not)."""
-    (count,) = conn.execute(
-        "SELECT count(*) FROM deliveries WHERE seq BETWEEN 1 AND ?", (head,)
-    ).fetchone()
-    if count == head:
-        return
-    # The first missing seq: 1, or one past the first row whose successor is missing.
-    (first,) = conn.execute(
-        "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = 1) THEN 1 ELSE"
-        " (SELECT min(seq) + 1 FROM deliveries AS d WHERE seq BETWEEN 1 AND ?"
-        " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = d.seq + 1)) END",
-        (head,),
-    ).fetchone()
-    (found,) = conn.execute("SELECT min(seq) FROM deliveries WHERE seq > ?", (first,)).fetchone()
-    raise missing_row(first, found)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 # Refold payloads nest a few levels. A body nested deeper is not JSON to us even where
@@ -17,6 +18,10 @@ def _reject_constant(name: str) -> Any:
 
 # Built once: json.dumps with keywords builds a new encoder per call (identities use it).
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# \u0000 in canonical JSON: preceded by an even number of backslashes (none, or escaped ones).
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def canonical(value: Any) -> str:
@@ -75,7 +80,12 @@ def load_json_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
         # surrogatepass) can make one; a NUL byte means UTF-16 or UTF-32, whose bytes for
         # either differ. Other bodies, nearly all, skip the check.
         if b"\\u" in body or b"\xed" in body or b"\x00" in body:
-            canonical(parsed).encode()
+            text = canonical(parsed)
+            text.encode()
+            # U+0000 is JSON and Unicode, but no text column (PostgreSQL's) can hold it, and
+            # no Refold payload has one: such a body is kept, flagged, and not folded.
+            if _ESCAPED_NUL.search(text):
+                raise ValueError("U+0000 in a string")
     except (ValueError, RecursionError):  # UnicodeError is a ValueError; so is a 5000-digit int
         return None, "not_json"
     # Nesting can be no deeper than the number of brackets: counting them (in C) spares the

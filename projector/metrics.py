@@ -13,6 +13,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -25,8 +26,7 @@ from prometheus_client.registry import Collector
 from projector import health, stats
 from projector.config import Settings
 from projector.http import Handler
-from projector.readers import ReaderPool
-from projector.writer import WriteLane
+from projector.storage.port import Reads, Storage, StorageStatus
 
 access_logger = structlog.get_logger("projector.access")
 logger = structlog.get_logger("projector.metrics")
@@ -43,7 +43,7 @@ class StorageCollector(Collector):
     """Log head, positions, lag and fold errors, from the status the last scrape read."""
 
     def __init__(self) -> None:
-        self.status: health.StorageStatus | None = None
+        self.status: StorageStatus | None = None
 
     def collect(self) -> Iterable[Metric]:
         status = self.status
@@ -104,10 +104,34 @@ class Metrics:
             buckets=APPEND_BUCKETS,
             registry=registry,
         )
+        # 1 in the one process folding the log (on PostgreSQL, the projector lease's holder).
+        self.folding = Gauge(
+            "projector_folding",
+            "1 when this process folds the log into the read models, else 0.",
+            registry=registry,
+        )
         self.commit_batch_size = Histogram(
             "projector_commit_batch_size",
             "Deliveries per group commit.",
             buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        # Alerting (projector.alerting), counted by the process that sends.
+        self.alerts_sent = Counter(
+            "projector_alerts_sent",
+            "Alerts POSTed to PROJECTOR_ALERT_URL and answered 2xx, by kind (a summary's count).",
+            ["kind"],
+            registry=registry,
+        )
+        self.alerts_failed = Counter(
+            "projector_alerts_failed",
+            "Alerts given up on after every retry failed, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.alerts_pending = Gauge(
+            "projector_alerts_pending",
+            "Alerts waiting to be sent, as the sending process last read them (else 0).",
             registry=registry,
         )
         self.http_requests = Counter(
@@ -190,12 +214,12 @@ def observe_requests(metrics: Metrics, access_log: bool) -> Middleware:
     return middleware
 
 
-def make_metrics_handler(metrics: Metrics, readers: ReaderPool) -> Handler:
+def make_metrics_handler(metrics: Metrics, reads: Reads) -> Handler:
     """`GET /metrics`: the storage gauges read now (one statement of index lookups), then all."""
 
     async def metrics_endpoint(request: web.Request) -> web.Response:
         try:
-            metrics.storage.status = await health.storage_status(readers, datetime.now(UTC))
+            metrics.storage.status = await reads.storage_status(datetime.now(UTC))
         except Exception as exc:
             # The counters matter most when storage fails (storage_unavailable refusals): serve
             # them, without the storage gauges, rather than a 500 that hides everything.
@@ -212,8 +236,7 @@ def install(
     app: web.Application,
     settings: Settings,
     metrics: Metrics,
-    lane: WriteLane,
-    readers: ReaderPool,
+    storage: Storage,
     projector: health.ProjectorWatch,
 ) -> None:
     """Add /metrics and /readyz, and count (and maybe log) every request, outermost."""
@@ -221,7 +244,8 @@ def install(
     app.middlewares.insert(0, observe_requests(metrics, settings.access_log))
     app[METRICS] = metrics
     app[health.PROJECTOR] = projector
-    app.router.add_get("/metrics", make_metrics_handler(metrics, readers))
-    app.router.add_get("/v1/stats", stats.make_stats_handler(metrics.per_minute, readers))
+    metrics.folding.set_function(lambda: float(storage.projector.active))
+    app.router.add_get("/metrics", make_metrics_handler(metrics, storage.reads))
+    app.router.add_get("/v1/stats", stats.make_stats_handler(metrics.per_minute, storage.reads))
     max_lag = settings.ready_max_lag_seconds
-    app.router.add_get("/readyz", health.make_readyz(lane, readers, projector, max_lag))
+    app.router.add_get("/readyz", health.make_readyz(storage, projector, max_lag))

@@ -101,15 +101,33 @@ def _responses(route: Route) -> JsonObject:
         errors[400] = _BAD_PARAMETER
     if route.auth == "readToken":
         errors[401] = _UNAUTHORISED
+    reads_storage = route.path.startswith("/v1/")
+    if reads_storage:  # every /v1 answer is read from the database, which may be away
+        own = errors.get(503)
+        errors[503] = _STORAGE_UNAVAILABLE if own is None else _either(own, _STORAGE_UNAVAILABLE)
     for status in sorted(errors):
         headers: JsonObject | None = None
         if status == 401 and route.auth == "readToken":
             headers = {"WWW-Authenticate": _header('Bearer realm="refold-projector"')}
-        elif status == 503 and route.retry_after:
+        elif status == 503 and (route.retry_after or reads_storage):
             headers = {"Retry-After": _header("Seconds to wait before retrying: 5.")}
         responses[str(status)] = _error(errors[status], headers)
     responses["default"] = _error("internal_error (500): an unexpected error; it is logged.")
     return responses
+
+
+_STORAGE_UNAVAILABLE = (
+    "storage_unavailable: the database could not be read just now (restarting, or a "
+    "connection was cut); retry after Retry-After seconds."
+)
+
+
+def _either(own: ErrorDoc, shared: str) -> ErrorDoc:
+    """A route's own 503 text with the shared one added (its own model, if any, kept)."""
+    if isinstance(own, str):
+        return f"{own.rstrip('.')}; or {shared}"
+    text, model = own
+    return (f"{text.rstrip('.')}; or {shared}", model)
 
 
 def _operation(route: Route) -> JsonObject:

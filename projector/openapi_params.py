@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from projector.flags import FIELD_FLAG_KINDS, WHOLE_FLAGS
-from projector.queries import RUN_STATUS_FILTERS
 from projector.readmodels import READ_MODELS
+from projector.storage.queries import RUN_STATUS_FILTERS
 
 JsonObject = dict[str, Any]
 _SEQ_MAX = 10**18 - 1  # what the API's seq check accepts: 1 to 18 digits

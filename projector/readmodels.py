@@ -1,16 +1,20 @@
-"""Read-model tables: their schema, and loading and saving fold states in them."""
+"""The read models: each one's fold, key and columns, and the pure step that folds changes."""
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from projector.events import ConnectionChange, WorkflowOutcome, format_instant, parse_instant
+from projector.events import (
+    ConnectionChange,
+    WorkflowOutcome,
+    format_instant,
+    parse_change,
+    parse_instant,
+)
 from projector.fold import ConnectionHealth, WorkflowRun, fold_connection, fold_workflow_run
-from projector.log import insert_many
+from projector.storage.rows import LoggedDelivery
 
 Change = TypeVar("Change", ConnectionChange, WorkflowOutcome)
 State = TypeVar("State", ConnectionHealth, WorkflowRun)
@@ -43,24 +47,13 @@ class ReadModel(Generic[Change, State]):
     to_row: Callable[[State], tuple[Any, ...]]
     from_row: Callable[[tuple[Any, ...]], State]
 
-    def create_table(self, conn: sqlite3.Connection, table: str) -> None:
-        """Create this model's table as `table`, without its secondary indexes."""
-        columns = ", ".join(f"{c} TEXT" for c in self.columns)
-        key = ", ".join(self.key_columns)
-        conn.execute(f"CREATE TABLE {table} ({columns}, PRIMARY KEY ({key})) WITHOUT ROWID")
+    def fold_into(
+        self, states: dict[Hashable, State], changes: Sequence[tuple[int, Change]]
+    ) -> tuple[dict[Hashable, State], list[FoldError]]:
+        """Fold `changes` (seq, change) onto `states` (updated in place, by key).
 
-    def create_indexes(self, conn: sqlite3.Connection, table: str, generation: int) -> None:
-        """The query indexes of `table`, named for the generation (names outlive a rename)."""
-        for suffix, index_columns in self.indexes:
-            conn.execute(
-                f"CREATE INDEX {self.table}_{suffix}_g{generation} ON {table} ({index_columns})"
-            )
-
-    def apply(
-        self, conn: sqlite3.Connection, table: str, changes: Sequence[tuple[int, Change]]
-    ) -> list[FoldError]:
-        """Fold `changes` (seq, change) into `table`; returns the events the fold raised on."""
-        states = self._load(conn, table, {self.key_of(c) for _, c in changes})
+        Returns the states that changed, to be written, and the events the fold raised on.
+        """
         dirty: dict[Hashable, State] = {}
         errors = []
         for seq, change in changes:
@@ -69,34 +62,19 @@ class ReadModel(Generic[Change, State]):
                 dirty[key] = states[key] = self.fold(states.get(key), change)
             except Exception as exc:  # a fold bug must not stop the projector (invariant 5)
                 errors.append(FoldError(seq, f"{type(exc).__name__}: {exc}"))
-        if dirty:
-            insert = f"INSERT OR REPLACE INTO {table} ({', '.join(self.columns)})"
-            insert_many(conn, insert, [self.to_row(state) for state in dirty.values()])
-        return errors
+        return dirty, errors
 
-    def _load(
-        self, conn: sqlite3.Connection, table: str, keys: set[tuple[str, ...]]
-    ) -> dict[Hashable, State]:
-        """The stored states of `keys`, read in one step per 1,000 keys."""
-        width = len(self.key_columns)
-        positions = [self.columns.index(c) for c in self.key_columns]
-        on = " AND ".join(f"t.{c} = k.column{i}" for i, c in enumerate(self.key_columns, 1))
-        # A join, not `(a, b) IN (VALUES ...)`, which SQLite answers with a table scan; and
-        # one JSON array for all rows, because each row fetched is a step that gives up the
-        # GIL (see log.insert_many). Every read-model column is TEXT, so JSON carries it as is.
-        found = f"json_group_array(json_array({', '.join('t.' + c for c in self.columns)}))"
-        states: dict[Hashable, State] = {}
-        ordered = list(keys)
-        for start in range(0, len(ordered), 1000):
-            part = ordered[start : start + 1000]
-            values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(part))
-            (rows,) = conn.execute(
-                f"SELECT {found} FROM (VALUES {values}) AS k CROSS JOIN {table} AS t ON {on}",
-                [value for key in part for value in key],
-            ).fetchone()
-            for row in json.loads(rows):
-                states[tuple(row[i] for i in positions)] = self.from_row(tuple(row))
-        return states
+    def changes_past(
+        self, read: tuple[Changes, list[FoldError]], after: int
+    ) -> tuple[list[tuple[int, Change]], list[FoldError]]:
+        """Of what was read, this model's changes past seq `after`, and the parse errors."""
+        changes, parse_errors = read
+        mine = [(s, c) for s, c in changes if s > after and isinstance(c, self.change_type)]
+        return mine, [e for e in parse_errors if e.seq > after]
+
+    def keys_of(self, changes: Sequence[tuple[int, Change]]) -> set[tuple[str, ...]]:
+        """The keys whose stored states folding `changes` needs."""
+        return {self.key_of(change) for _, change in changes}
 
 
 def _connection_row(state: ConnectionHealth) -> tuple[Any, ...]:
@@ -128,7 +106,7 @@ def _connection_state(row: tuple[Any, ...]) -> ConnectionHealth:
 
 CONNECTION_HEALTH: ReadModel[ConnectionChange, ConnectionHealth] = ReadModel(
     name="connection_health",
-    version=3,
+    version=4,
     table="connections",
     change_type=ConnectionChange,
     kind="connection",
@@ -168,7 +146,7 @@ def _run_row(state: WorkflowRun) -> tuple[Any, ...]:
 
 WORKFLOW_RUNS: ReadModel[WorkflowOutcome, WorkflowRun] = ReadModel(
     name="workflow_runs",
-    version=3,
+    version=4,
     table="workflow_runs",
     change_type=WorkflowOutcome,
     kind="workflow",
@@ -190,3 +168,24 @@ WORKFLOW_RUNS: ReadModel[WorkflowOutcome, WorkflowRun] = ReadModel(
 )
 
 READ_MODELS: tuple[ReadModel[Any, Any], ...] = (CONNECTION_HEALTH, WORKFLOW_RUNS)
+
+
+Changes = list[tuple[int, ConnectionChange | WorkflowOutcome]]
+
+
+def read_changes(deliveries: Sequence[LoggedDelivery]) -> tuple[Changes, list[FoldError]]:
+    """Parse each delivery once, for every projection: its change, or why it has none."""
+    changes: Changes = []
+    errors = []
+    for delivery in deliveries:
+        # Duplicates are folded too. The folds are idempotent, so a true repeat changes
+        # nothing; and a `duplicate_of` recorded by an older release (one that matched a
+        # valid event to a flagged one) must not keep a valid event out of the read models.
+        try:
+            change = parse_change(delivery.body, delivery.environment)
+        except Exception as exc:  # parse_change should never raise; if it does, go on
+            errors.append(FoldError(delivery.seq, f"{type(exc).__name__}: {exc}"))
+            continue
+        if change is not None:
+            changes.append((delivery.seq, change))
+    return changes, errors

@@ -9,14 +9,14 @@ from datetime import datetime
 import structlog
 from aiohttp import web
 
-from projector import log
 from projector.answers import DeliveryAccepted
 from projector.config import SigningKey
 from projector.events import format_instant, parse_delivery
 from projector.http import ApiError, Handler, header_text, json_answer
 from projector.metrics import Metrics
 from projector.signature import SIGNATURE_HEADER, header_problem, verify_signature
-from projector.writer import Overloaded, StorageUnavailable, WriteLane
+from projector.storage.port import EventLog, Overloaded, StorageUnavailable
+from projector.storage.rows import NewDelivery
 
 logger = structlog.get_logger("projector.receiver")
 
@@ -99,14 +99,14 @@ def _overloaded(**context: object) -> ApiError:
 
 
 def make_receiver(
-    lane: WriteLane,
+    event_log: EventLog,
     keys: tuple[SigningKey, ...],
     max_body_bytes: int,
     max_pending: int,
     clock: Callable[[], datetime],
     metrics: Metrics,
 ) -> Handler:
-    """The receiver handler, bound to its write lane, keys, limits and clock."""
+    """The receiver handler, bound to its event log, keys, limits and clock."""
     in_progress = 0
 
     async def receive_delivery(request: web.Request) -> web.Response:
@@ -153,7 +153,7 @@ def make_receiver(
             raise _unauthorised("the signature does not match any configured key")
         environment = match.key.environment
         parsed = parse_delivery(body, environment)
-        delivery = log.NewDelivery.verified(
+        delivery = NewDelivery.verified(
             body,
             parsed,
             environment=environment,
@@ -163,7 +163,7 @@ def make_receiver(
             headers=_kept_headers(request),
         )
         try:
-            appended = await lane.append(delivery)
+            appended = await event_log.append(delivery)
         except Overloaded as exc:
             raise _overloaded(detail=str(exc), environment=environment) from None
         except StorageUnavailable as exc:

@@ -10,7 +10,7 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import aiohttp
 
@@ -40,14 +40,20 @@ class SendReport:
         return f"sent {self.sent}, accepted {self.accepted}, failed {len(self.failed)}"
 
 
+class ShowsProgress(Protocol):
+    """A report that can say, in one line, how far its work is."""
+
+    def progress(self) -> str: ...
+
+
 class TerminalProgress:
-    """The report's progress line, rewritten in place on a terminal."""
+    """A report's progress line, rewritten in place on a terminal (`send`, `copy`)."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self.shown = False
 
-    def __call__(self, report: SendReport) -> None:
+    def __call__(self, report: ShowsProgress) -> None:
         self._stream.write(f"\r{report.progress()}")
         self._stream.flush()
         self.shown = True

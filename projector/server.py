@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -12,11 +11,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from projector import database, integrity, log, queries
-from projector.app import build_app
+from projector.app import STORAGE, build_app
 from projector.config import ConfigError, Settings
-from projector.readers import ReaderPool
 from projector.sender import send_bodies
+from projector.storage.engine import OPEN_ERRORS, unusable
+from projector.storage.port import Reads
 
 logger = structlog.get_logger("projector.server")
 
@@ -26,8 +25,8 @@ async def serve(settings: Settings, seed: list[bytes] | None) -> None:
     runner = web.AppRunner(build_app(settings), access_log=None, shutdown_timeout=10)
     try:
         await runner.setup()  # opens and migrates the log
-    except (sqlite3.Error, OSError, log.LogSchemaError, integrity.LogNotIntact) as exc:
-        raise database.unusable(settings.db, f"cannot open the log ({exc})") from None
+    except OPEN_ERRORS as exc:
+        raise unusable(settings.db, f"cannot open the log ({exc})") from None
     site = web.TCPSite(runner, settings.host, settings.port)
     try:
         await site.start()
@@ -38,13 +37,14 @@ async def serve(settings: Settings, seed: list[bytes] | None) -> None:
             "address with --host/--port or PROJECTOR_HOST/PROJECTOR_PORT"
         ) from None
     url = f"http://{settings.host}:{settings.port}"
-    logger.info("listening", url=url, db=str(settings.db))
+    storage = runner.app[STORAGE]
+    logger.info("listening", url=url, db=storage.description)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     if seed is not None:
-        await _seed(settings, url, seed)
+        await _seed(settings, storage.reads, url, seed)
     _print_welcome(settings, url)
     await stop.wait()
     logger.info("shutting_down", reason="signal")
@@ -66,9 +66,8 @@ def _print_welcome(settings: Settings, url: str) -> None:
     )
 
 
-async def _seed(settings: Settings, url: str, bodies: list[bytes]) -> None:
-    async with ReaderPool(settings.db, size=1) as pool, pool.connection() as conn:
-        state = await queries.projection_states(conn)
+async def _seed(settings: Settings, reads: Reads, url: str, bodies: list[bytes]) -> None:
+    state = await reads.projection_states()
     if state.log_head:
         logger.info("seed_skipped", reason="the log is not empty", log_head=state.log_head)
         return

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from projector import answers, health
+from projector import answers
 from projector.api import environment_param, query_params
 from projector.http import ApiError, Handler, json_answer
-from projector.readers import ReaderPool
+from projector.storage.port import Reads
 
 # The operator page's chart covers one hour; older minutes are overwritten in place.
 WINDOW_MINUTES = 60
@@ -65,14 +65,14 @@ def _minutes(params: dict[str, str]) -> int:
     return int(raw)
 
 
-def make_stats_handler(per_minute: DeliveryMinutes, readers: ReaderPool) -> Handler:
+def make_stats_handler(per_minute: DeliveryMinutes, reads: Reads) -> Handler:
     """`GET /v1/stats`: this process's deliveries per minute, and each projection's lag now."""
 
     async def stats(request: web.Request) -> web.Response:
         params = query_params(request, ("minutes",))
         environment_param(params)  # both environments are counted; a typo is still a 400
         minutes = _minutes(params)
-        status = await health.storage_status(readers, datetime.now(UTC))
+        status = await reads.storage_status(datetime.now(UTC))
         return json_answer(
             answers.ProcessStats(
                 deliveries_per_minute=per_minute.last(minutes),

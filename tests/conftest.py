@@ -14,7 +14,8 @@ from hypothesis import settings as hypothesis_settings
 
 from projector.app import build_app
 from projector.config import Settings, load_settings
-from projector.readers import AccountReads, ReaderPool
+from projector.storage.queries import SQLITE, SqlReads
+from projector.storage.sqlite.readers import ReaderPool
 from tests.storage_support import populated_log
 from tests.support import READ_TOKEN, SIGNING_KEYS, Service
 
@@ -70,10 +71,10 @@ def populated(db_path: Path) -> Path:
 
 
 @pytest.fixture
-async def account_reads(populated: Path) -> AsyncIterator[AccountReads]:
-    """Shared banner reads over a reader pool on the populated log."""
+async def account_reads(populated: Path) -> AsyncIterator[SqlReads]:
+    """The API's reads (banner reads shared) over a reader pool on the populated log."""
     async with ReaderPool(populated) as pool:
-        yield AccountReads(pool)
+        yield SqlReads(pool.fetch, SQLITE)
 
 
 @pytest.fixture

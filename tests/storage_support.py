@@ -7,13 +7,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from projector import log, projection, replay
 from projector.config import fingerprint
 from projector.events import ConnectionChange, parse_delivery
 from projector.fold import ConnectionHealth, fold_connection
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash
 from projector.readmodels import READ_MODELS
 from projector.sender import environment_of
+from projector.storage.rows import NewDelivery, row_content
+from projector.storage.sqlite import log, projection, replay
 from tests.support import KEY_BY_ENVIRONMENT, sample_bodies
 
 RECEIVED_AT = "2026-07-01T12:00:00Z"
@@ -21,9 +22,9 @@ RECEIVED_AT = "2026-07-01T12:00:00Z"
 ODD_BODY = b"\xff\xfe\x00 not json, not UTF-8 \x80"
 
 
-def new_delivery(body: bytes, environment: str, received_at: str = RECEIVED_AT) -> log.NewDelivery:
+def new_delivery(body: bytes, environment: str, received_at: str = RECEIVED_AT) -> NewDelivery:
     """The delivery the receiver would append for `body` verified with `environment`'s key."""
-    return log.NewDelivery.verified(
+    return NewDelivery.verified(
         body,
         parse_delivery(body, environment),
         environment=environment,
@@ -34,12 +35,12 @@ def new_delivery(body: bytes, environment: str, received_at: str = RECEIVED_AT) 
     )
 
 
-def delivery_of(body: bytes) -> log.NewDelivery:
+def delivery_of(body: bytes) -> NewDelivery:
     """A sample body as a delivery, in the environment it names (test when it names none)."""
     return new_delivery(body, environment_of(body, "test"))
 
 
-def sample_deliveries() -> list[log.NewDelivery]:
+def sample_deliveries() -> list[NewDelivery]:
     """The whole sample stream, as deliveries."""
     return [delivery_of(body) for body in sample_bodies()]
 
@@ -59,7 +60,7 @@ def open_projected(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def append_all(conn: sqlite3.Connection, deliveries: Iterable[log.NewDelivery]) -> None:
+def append_all(conn: sqlite3.Connection, deliveries: Iterable[NewDelivery]) -> None:
     """Append deliveries one batch per delivery, as separate requests would."""
     for delivery in deliveries:
         log.append_batch(conn, [delivery])
@@ -81,7 +82,7 @@ def read_models(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
     return {table: table_rows(conn, table) for table in ("connections", "workflow_runs")}
 
 
-def rebuilt(path: Path, deliveries: list[log.NewDelivery]) -> dict[str, list[tuple[Any, ...]]]:
+def rebuilt(path: Path, deliveries: list[NewDelivery]) -> dict[str, list[tuple[Any, ...]]]:
     """The read models a fresh log of `deliveries` rebuilds to."""
     conn = open_log(path)
     log.append_batch(conn, deliveries)
@@ -172,13 +173,13 @@ def without_seq_check(path: Path) -> None:
         conn.close()  # the next connection reads the edited schema
 
 
-def slip_in(conn: sqlite3.Connection, seq: int, delivery: log.NewDelivery) -> None:
+def slip_in(conn: sqlite3.Connection, seq: int, delivery: NewDelivery) -> None:
     """Insert `delivery` at `seq` as someone editing the file would: guard triggers dropped."""
     for (trigger,) in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'deliveries'"
     ).fetchall():
         conn.execute(f"DROP TRIGGER {trigger}")
-    content = log.row_content(seq, delivery, None)
+    content = row_content(seq, delivery, None)
     columns = ", ".join((*HASHED_COLUMNS, "row_hash"))
     conn.execute(
         f"INSERT INTO deliveries ({columns}) VALUES ({', '.join('?' * 16)})",

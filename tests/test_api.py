@@ -18,14 +18,16 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from projector import log, readers
 from projector.answercache import AnswerCache
 from projector.api import bearer_auth
 from projector.app import build_app
 from projector.config import load_settings
-from projector.queries import encode_cursor
+from projector.cursors import encode_cursor
 from projector.readmodels import CONNECTION_HEALTH, READ_MODELS, WORKFLOW_RUNS
 from projector.sender import environment_of
+from projector.storage.port import StorageUnavailable
+from projector.storage.queries import SqlReads
+from projector.storage.sqlite import log, readers
 from tests.storage_support import (
     BROKEN_SLUG,
     catch_up,
@@ -982,7 +984,7 @@ async def test_fold_errors_are_listed_with_seq_event_and_error_until_a_rebuild_c
         "next_cursor": None,
     }
     broken = replace(CONNECTION_HEALTH, fold=fail_on_broken_slug)
-    monkeypatch.setattr("projector.projection.READ_MODELS", (broken, WORKFLOW_RUNS))
+    monkeypatch.setattr("projector.storage.sqlite.projection.READ_MODELS", (broken, WORKFLOW_RUNS))
     seqs = [(await post(client, broken_slug_body(minute))).seq for minute in (1, 2)]
     await post(client, sample[0].body)  # a delivery that folds fine, between the two
     state = await wait_projected(client)
@@ -1006,7 +1008,7 @@ async def test_fold_errors_are_listed_with_seq_event_and_error_until_a_rebuild_c
 
     # The fix ships: `projector rebuild` folds the log with the working code into a new
     # generation, and the old generation's errors are no longer listed.
-    monkeypatch.setattr("projector.projection.READ_MODELS", READ_MODELS)
+    monkeypatch.setattr("projector.storage.sqlite.projection.READ_MODELS", READ_MODELS)
     env = service_env(db_path)
     done = await asyncio.to_thread(run_cli, "rebuild", env=env)
     assert done.returncode == 0, done.stderr
@@ -1165,7 +1167,7 @@ async def test_a_repeated_read_model_query_costs_no_database_read_until_a_delive
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Conditional or not, a repeat is answered from memory; a folded delivery ends that."""
-    monkeypatch.setattr("projector.app.ReaderPool", CountingReaders)
+    monkeypatch.setattr("projector.storage.sqlite.adapter.ReaderPool", CountingReaders)
     caches: list[AnswerCache] = []  # the app's answer cache, to see when it is dropped
 
     def observed_cache() -> AnswerCache:
@@ -1211,3 +1213,18 @@ async def test_a_repeated_read_model_query_costs_no_database_read_until_a_delive
         assert changed.status == 200
         assert (await changed.json())["needs_reconnect"] is True
         assert CountingReaders.taken > before
+
+
+async def test_a_read_the_database_cannot_answer_is_a_503_to_retry_not_a_500(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Down or cut off (PostgreSQL restarting): the reader is told to come back, as documented."""
+
+    async def database_away(*args: object, **kwargs: object) -> None:
+        raise StorageUnavailable("PostgreSQL at postgresql://u:***@db/refold failed while reading")
+
+    monkeypatch.setattr(SqlReads, "list_connections", database_away)
+    answer = await client.get("/v1/connections?environment=live", headers=AUTH)
+    assert answer.status == 503
+    assert answer.headers["Retry-After"] == "5"
+    assert (await answer.json())["error"]["code"] == "storage_unavailable"

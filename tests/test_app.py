@@ -7,9 +7,9 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from projector.app import build_app, open_storage, project_continuously
+from projector.app import build_app, project_continuously
 from projector.config import Settings
-from projector.writer import WriteLane
+from projector.storage.sqlite.adapter import SqliteProjector, SqliteStorage
 from tests.support import AUTH
 
 
@@ -19,24 +19,27 @@ async def test_the_projector_stops_when_cancelled_just_as_a_commit_wakes_it(
     """A cancel that lands with a wake-up is not swallowed, so shutdown cannot hang."""
     wake = asyncio.Event()
     caught_up = asyncio.Event()
-    lane = WriteLane(db_path, max_pending=10, on_commit=lambda projected: wake.set())
-    await lane.open()
+    storage = SqliteStorage(db_path, max_pending=10, on_read_models_changed=lambda: None)
+    await storage.open()
     try:
-        await open_storage(lane)
+        folding = SqliteProjector(storage.log, wake)
         # Its first pass over the empty log reports the projections' state (the callback),
         # then, in the same step, it waits for a wake-up: when this test runs again, it waits.
-        projector = asyncio.create_task(project_continuously(lane, wake, caught_up.set))
+        projector = asyncio.create_task(project_continuously(folding, caught_up.set))
         await asyncio.wait_for(caught_up.wait(), 10)
         assert not projector.done()
-        waiting_on = projector.get_coro().cr_await  # type: ignore[union-attr]
-        assert getattr(waiting_on, "__qualname__", None) == "Event.wait", waiting_on
+        awaiting, step = [], projector.get_coro()
+        while step is not None:  # the chain of awaits down to the innermost one
+            awaiting.append(getattr(step, "__qualname__", None))
+            step = getattr(step, "cr_await", None)
+        assert "Event.wait" in awaiting, awaiting
         wake.set()  # a commit wakes it ...
         projector.cancel()  # ... in the same loop step as shutdown cancels it
         done, _ = await asyncio.wait({projector}, timeout=5)
         assert projector in done, "the projector swallowed its cancellation"
         assert projector.cancelled()
     finally:
-        await lane.close()
+        await storage.close()
 
 
 async def test_a_clean_shutdown_checkpoints_the_wal_into_the_database(settings: Settings) -> None:

@@ -23,11 +23,11 @@ from aiohttp.test_utils import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projector import log, projection, replay
 from projector.events import ConnectionChange, WorkflowOutcome
 from projector.fold import fold_connection, fold_workflow_run
 from projector.readmodels import CONNECTION_HEALTH, WORKFLOW_RUNS
-from projector.writer import WriteLane
+from projector.storage.sqlite import log, projection, replay
+from projector.storage.sqlite.writer import WriteLane
 from tests.storage_support import append_all, new_delivery, open_projected, read_models
 from tests.support import AUTH, signed, wait_projected
 

@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from projector import queries
 from projector.app import build_app
 from projector.changes import STREAM_SOCKET_BUFFER
 from projector.config import load_settings
+from projector.storage.queries import SqlReads
 from tests.changes_support import (
     RawStream,
     connection_body,
@@ -336,7 +336,7 @@ async def test_a_failure_while_streaming_ends_the_stream_with_its_position(
     async def unreadable(*args: object) -> None:  # a fault SQLite cannot be made to give
         raise RuntimeError("the run could not be read")
 
-    monkeypatch.setattr(queries, "run_summary", unreadable)
+    monkeypatch.setattr(SqlReads, "run_summary", unreadable)
     await deliver(http, url, run_body("run_1", "acct_1"))
 
     goodbye = await stream.next_block()

@@ -36,12 +36,14 @@ from tests.support import (
 COMMANDS = {
     "serve": "run the receiver",
     "rebuild": "replay the whole log",
+    "copy": "copy the log row for row",
     "send": "sign each line",
     "events": "audit trail",
     "schemas": "JSON Schemas",
     "subscribe": "subscribe URL to Refold's webhooks",
     "subscriptions": "list Refold's webhook subscriptions",
     "unsubscribe": "delete every Refold webhook subscription to URL",
+    "doctor": "check this deployment",
 }
 
 
@@ -114,24 +116,35 @@ READS = {
     "rebuild": {"PROJECTOR_DB", *LOGS},
     "verify": {"PROJECTOR_DB"},
     "backup": {"PROJECTOR_DB"},
+    "copy": LOGS,
     "send": {"PROJECTOR_SIGNING_KEYS", *LOGS},
     "events": {"PROJECTOR_DB", *LOGS},
     "schemas": set(),
     "subscribe": REFOLD,
     "subscriptions": {*REFOLD, "PROJECTOR_PUBLIC_URL"},
     "unsubscribe": REFOLD,
+    "doctor": {
+        *REFOLD,
+        "PROJECTOR_READ_TOKENS",
+        "PROJECTOR_DB",
+        "PROJECTOR_PUBLIC_URL",
+        "PROJECTOR_ALERT_URL",
+        *LOGS,
+    },
 }
 EXIT_CODES = {
     "serve": ["0", "2"],
     "rebuild": ["0", "1", "2"],
     "verify": ["0", "1", "2"],
     "backup": ["0", "2"],
+    "copy": ["0", "1", "2"],
     "send": ["0", "1", "2"],
     "events": ["0", "2"],
     "schemas": ["0", "1", "2"],
     "subscribe": ["0", "1", "2"],
     "subscriptions": ["0", "1", "2"],
     "unsubscribe": ["0", "1", "2"],
+    "doctor": ["0", "1", "2"],
 }
 
 

@@ -346,3 +346,33 @@ def test_an_access_log_that_is_not_true_or_false_names_the_variable(
     monkeypatch.setenv("PROJECTOR_ACCESS_LOG", "maybe")
     with pytest.raises(ConfigError, match="PROJECTOR_ACCESS_LOG is 'maybe'; set it to true or"):
         load_settings(require_secrets=False)
+
+
+# --- PROJECTOR_ALERT_URL ------------------------------------------------------------------
+
+
+def test_alert_url_keeps_its_path_and_query_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "https://hooks.slack.com/services/T00/B00/xyz?channel=ops"
+    monkeypatch.setenv("PROJECTOR_ALERT_URL", f"  {url}  ")
+    assert load_settings(require_secrets=False).alert_url == url
+    monkeypatch.setenv("PROJECTOR_ALERT_URL", "")
+    assert load_settings(require_secrets=False).alert_url is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["ftp://hooks.example.com/secret-part", "hooks.example.com/secret-part",
+     "https://hooks.example.com/secret-part#frag", "https:///secret-part"],
+)  # fmt: skip
+def test_alert_url_other_than_http_is_refused_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("PROJECTOR_ALERT_URL", value)
+    with pytest.raises(ConfigError, match="PROJECTOR_ALERT_URL is not an http") as caught:
+        load_settings(require_secrets=False)
+    assert "secret-part" not in str(caught.value)
+
+
+def test_alert_url_is_not_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROJECTOR_ALERT_URL", "https://hooks.example.com/secret-part")
+    assert "secret-part" not in repr(load_settings(require_secrets=False))

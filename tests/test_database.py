@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from projector import log
+from projector.storage.sqlite import log
 from tests.support import service_env
 
 # Every subcommand that opens PROJECTOR_DB. serve gets port 1, which it could not bind: if a

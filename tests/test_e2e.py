@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from projector.log import append_batch
 from projector.readmodels import READ_MODELS
 from projector.sender import environment_of
+from projector.storage.sqlite.log import append_batch
 from tests.storage_support import new_delivery, open_log
 from tests.support import (
     AUTH,

@@ -28,9 +28,9 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 
 from projector.events import CONNECTION_STATUS_BY_EVENT, WORKFLOW_STATUS_BY_EVENT
-from projector.queries import encode_cursor
 from projector.sender import environment_of
 from projector.signature import SIGNATURE_HEADER, sign_body
+from projector.storage.queries import encode_cursor
 from tests.support import (
     KEY_BY_ENVIRONMENT,
     LIVE_KEY,

@@ -11,10 +11,11 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from projector import health, integrity, log
+from projector import health
 from projector.answers import NotReady, Ready
 from projector.app import build_app
 from projector.config import load_settings
+from projector.storage.sqlite import chain, log
 from tests.support import READ_TOKEN, SIGNING_KEYS, signed
 
 BODY = (
@@ -77,7 +78,7 @@ async def test_the_write_probe_leaves_the_log_unchanged(client: TestClient, db_p
     conn = log.connect(db_path, readonly=True)
     try:
         assert log.head(conn) == 1
-        assert integrity.verify_chain(conn).intact
+        assert chain.verify_chain(conn).intact
     finally:
         conn.close()
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from projector import integrity, log
-from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash, verify_chain
+from projector import integrity
+from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash
 from projector.sender import environment_of
+from projector.storage.sqlite import chain, log
+from projector.storage.sqlite.chain import verify_chain
 from tests.storage_support import (
     SLIPPED_BODY,
     append_all,
@@ -101,7 +103,7 @@ def test_appended_rows_form_an_intact_chain_ending_at_the_stored_head_hash(
     report = verify_chain(conn, chunk=7)
     assert report.intact, report.problem
     assert (report.rows, report.head_seq) == (50, 50)
-    assert integrity.head_hash(conn) == (50, report.head_hash)
+    assert chain.head_hash(conn) == (50, report.head_hash)
 
 
 def test_an_altered_body_is_reported_at_its_seq(db_path: Path) -> None:
@@ -137,7 +139,7 @@ def test_a_deleted_row_is_reported_as_a_missing_seq(db_path: Path) -> None:
 def test_a_deleted_head_row_is_not_detectable_by_the_chain_alone(db_path: Path) -> None:
     """Truncation at the head leaves a valid shorter chain: why operators record the head hash."""
     conn = logged(db_path)
-    recorded = integrity.head_hash(conn)
+    recorded = chain.head_hash(conn)
     tamper(conn, "DELETE FROM deliveries WHERE seq = 40")
     report = verify_chain(conn)
     assert report.intact
@@ -188,7 +190,7 @@ def test_migrating_a_version_1_log_hashes_every_row_and_changes_nothing_else(
 def test_verify_on_an_intact_log_exits_0_and_prints_the_head_hash(db_path: Path) -> None:
     """`projector verify` says the log is intact and which hash its head has."""
     conn = logged(db_path)
-    seq, head = integrity.head_hash(conn)
+    seq, head = chain.head_hash(conn)
     conn.close()
     done = run_cli("verify", env=service_env(db_path))
     assert done.returncode == 0, done.stderr
@@ -317,11 +319,11 @@ def test_check_without_gaps_names_the_first_missing_seq_and_the_row_after_it(
     conn.executemany("DELETE FROM deliveries WHERE seq = ?", [(seq,) for seq in removed])
     expected = f"no row with seq {first_missing} (the next row has seq {next_row})"
     with pytest.raises(integrity.LogNotIntact, match=re.escape(expected)):
-        integrity.check_without_gaps(conn, log.head(conn))
+        chain.check_without_gaps(conn, log.head(conn))
 
 
 def test_check_without_gaps_passes_an_intact_log_and_an_empty_one(db_path: Path) -> None:
     conn = open_log(db_path)
-    integrity.check_without_gaps(conn, 0)
+    chain.check_without_gaps(conn, 0)
     log.append_batch(conn, sample_deliveries()[:20])
-    integrity.check_without_gaps(conn, 20)
+    chain.check_without_gaps(conn, 20)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from projector import integrity, log
+from projector import integrity
+from projector.storage.rows import Appended
+from projector.storage.sqlite import log
 from tests.storage_support import (
     SLIPPED_BODY,
     before_first_begin,
@@ -123,8 +125,8 @@ def test_a_repeated_event_points_at_its_first_seq_even_within_one_batch(db_path:
     later = log.append_batch(
         conn, [delivery_of(EXPIRED), delivery_of(CREATED), delivery_of(EXPIRED)]
     )
-    assert first == [log.Appended(1, None)]
-    assert later == [log.Appended(2, None), log.Appended(3, 1), log.Appended(4, 2)]
+    assert first == [Appended(1, None)]
+    assert later == [Appended(2, None), Appended(3, 1), Appended(4, 2)]
     stored = conn.execute("SELECT seq, duplicate_of FROM deliveries ORDER BY seq").fetchall()
     assert stored == [(1, None), (2, None), (3, 1), (4, 2)]
 
@@ -267,7 +269,7 @@ def test_a_failing_row_rolls_back_its_whole_batch(db_path: Path) -> None:
     assert not conn.in_transaction
     assert log.head(conn) == 1
     assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 1
-    assert log.append_batch(conn, [delivery_of(EXPIRED)]) == [log.Appended(2, None)]
+    assert log.append_batch(conn, [delivery_of(EXPIRED)]) == [Appended(2, None)]
 
 
 def test_a_committed_batch_is_visible_to_another_connection(db_path: Path) -> None:
@@ -320,7 +322,7 @@ def test_a_row_slipped_in_below_seq_1_does_not_make_a_new_delivery_a_repeat(
     """Only rows from seq 1 on can be the first of an event: the new one is no repeat."""
     conn = slipped_log(db_path, (0,))
     [appended] = log.append_batch(conn, [delivery_of(SLIPPED_BODY)])
-    assert appended == log.Appended(21, None)
+    assert appended == Appended(21, None)
 
 
 def test_read_after_stops_at_a_gap_naming_the_missing_seq(db_path: Path) -> None:

@@ -227,7 +227,7 @@ async def test_fold_errors_are_counted_per_projection(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broken = replace(CONNECTION_HEALTH, fold=fail_on_broken_slug)
-    monkeypatch.setattr("projector.projection.READ_MODELS", (broken, WORKFLOW_RUNS))
+    monkeypatch.setattr("projector.storage.sqlite.projection.READ_MODELS", (broken, WORKFLOW_RUNS))
     assert await post(client, BROKEN_BODY) == 200
     assert await post(client, connection_body()) == 200
     await wait_projected(client)

@@ -56,6 +56,12 @@ UNREACHED = {
         "left to read it; tests/test_receiver.py checks it and its log line",
     },
 }
+# Every /v1 read documents storage_unavailable: the database gone mid-read, which this
+# healthy server never is; tests/test_postgres_e2e.py cuts PostgreSQL's connections and
+# stops the server under reads, and tests/test_api.py checks the answer's shape.
+for _label in OPERATIONS:
+    if _label.startswith("GET /v1/") and _label != STREAM:
+        UNREACHED.setdefault(_label, {})["503"] = "storage_unavailable: the database away"
 
 
 @SCHEMA.hook

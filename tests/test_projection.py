@@ -16,12 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from projector import integrity, log, projection, replay
+from projector import integrity
 from projector.config import Settings
 from projector.events import ConnectionChange
 from projector.fold import ConnectionHealth, fold_connection
 from projector.readmodels import CONNECTION_HEALTH, READ_MODELS, WORKFLOW_RUNS
 from projector.sender import environment_of
+from projector.storage.sqlite import log, projection, replay
 from tests.storage_support import (
     BROKEN_BODY,
     BROKEN_SLUG,

@@ -11,114 +11,45 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from projector import log, queries
-from projector.queries import InvalidCursor, decode_cursor, encode_cursor
-from projector.readers import AccountReads, ReaderPool
+from projector.cursors import InvalidCursor, encode_cursor
+from projector.storage.queries import SQLITE, SqlReads
+from projector.storage.sqlite import log, readers
+from projector.storage.sqlite.readers import ReaderPool
 from tests.storage_support import ODD_BODY, catch_up, direct, new_delivery, open_log, open_projected
 
 ENVIRONMENTS = ("live", "test")
 
 
 @pytest.fixture
-async def reader(populated: Path) -> AsyncIterator[aiosqlite.Connection]:
-    async with ReaderPool(populated) as pool, pool.connection() as conn:
-        yield conn
-
-
-# --- cursors ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("values", "types"),
-    [
-        (("acct_1", "hubspot"), (str, str)),
-        (("ops@northwind-traders.example", "zendesk"), (str, str)),
-        (("caf\u00e9 \u2603", ""), (str, str)),
-        ((0,), (int,)),
-        ((123456789012,), (int,)),
-        (("67d22c4330d75f3a3fa29056",), (str,)),
-    ],
-)
-def test_a_cursor_decodes_to_the_values_it_was_encoded_from(
-    values: tuple[Any, ...], types: tuple[type, ...]
-) -> None:
-    """encode_cursor then decode_cursor with the same types gives the values back."""
-    cursor = encode_cursor(*values)
-    assert "=" not in cursor
-    assert decode_cursor(cursor, *types) == values
-
-
-def b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-@pytest.mark.parametrize(
-    ("cursor", "types"),
-    [
-        ("", (int,)),
-        ("!!!!", (int,)),
-        ("not a cursor at all", (int,)),
-        ("caf\u00e9", (int,)),
-        ("a", (int,)),
-        (b64(b"hello"), (int,)),
-        (b64(b"\xff\xfe\x80"), (int,)),
-        (b64(b'{"seq": 5}'), (int,)),
-        (b64(b"5"), (int,)),
-        (b64(b"[]"), (int,)),
-        (b64(b"[1, 2]"), (int,)),
-        (b64(b'["a"]'), (str, str)),
-        (b64(b'["5"]'), (int,)),
-        (b64(b"[true]"), (int,)),
-        (b64(b"[1.0]"), (int,)),
-        (b64(b"[null]"), (int,)),
-        (b64(b"[NaN]"), (int,)),
-        (b64(b"[5]"), (str,)),
-        (b64(b'["a", 1]'), (str, str)),
-        (b64(b'[["a"], "b"]'), (str, str)),
-    ],
-)
-def test_decode_cursor_rejects_what_this_api_did_not_issue(
-    cursor: str, types: tuple[type, ...]
-) -> None:
-    """Garbage, non-JSON, and JSON of the wrong shape, length or types raise InvalidCursor."""
-    with pytest.raises(InvalidCursor):
-        decode_cursor(cursor, *types)
-
-
-def test_decode_cursor_rejects_deeply_nested_json_with_invalid_cursor() -> None:
-    """A cursor of ~1,300 characters nesting JSON arrays is garbage too, not a crash."""
-    cursor = b64(b"[" * 1000)
-    with pytest.raises(InvalidCursor):
-        decode_cursor(cursor, int)
+async def reader(populated: Path) -> AsyncIterator[SqlReads]:
+    async with ReaderPool(populated) as pool:
+        yield SqlReads(pool.fetch, SQLITE)
 
 
 @pytest.mark.parametrize("seq", [2**63, 10**30])
 async def test_an_audit_cursor_beyond_sqlite_integers_is_an_invalid_cursor(
-    reader: aiosqlite.Connection, seq: int
+    reader: SqlReads, seq: int
 ) -> None:
     """A well-formed cursor whose int SQLite cannot hold is refused, not an OverflowError."""
     with pytest.raises(InvalidCursor):
-        await queries.audit_events(reader, "live", None, None, 0, 5, encode_cursor(seq))
-
-
-# --- reader connections ----------------------------------------------------------------------
+        await reader.audit_events("live", None, None, 0, 5, encode_cursor(seq))
 
 
 # --- connections -----------------------------------------------------------------------------
 
 
 async def test_an_unknown_account_has_no_connections_and_needs_no_reconnect(
-    account_reads: AccountReads,
+    account_reads: SqlReads,
 ) -> None:
     """account_connections answers an empty list for an account never seen."""
-    answer = await queries.account_connections(account_reads, "live", "nobody-at-all")
+    answer = await account_reads.account_connections("live", "nobody-at-all")
     assert answer.connections == []
     assert answer.needs_reconnect is False
     assert (answer.linked_account_id, answer.environment) == ("nobody-at-all", "live")
 
 
 async def test_needs_reconnect_is_true_exactly_when_a_connection_is_expired(
-    account_reads: AccountReads, populated: Path
+    account_reads: SqlReads, populated: Path
 ) -> None:
     """For every account, the banner flag equals 'some connection is expired'."""
     accounts = direct(
@@ -128,7 +59,7 @@ async def test_needs_reconnect_is_true_exactly_when_a_connection_is_expired(
     )
     assert {flag for _, _, flag in accounts} == {0, 1}
     for environment, account, expired in accounts:
-        answer = await queries.account_connections(account_reads, environment, account)
+        answer = await account_reads.account_connections(environment, account)
         assert answer.needs_reconnect is bool(expired), (environment, account)
         assert answer.connections
         assert all(c.needs_reconnect is (c.status == "expired") for c in answer.connections)
@@ -136,10 +67,10 @@ async def test_needs_reconnect_is_true_exactly_when_a_connection_is_expired(
 
 
 async def test_account_connections_match_the_connections_table(
-    account_reads: AccountReads, populated: Path
+    account_reads: SqlReads, populated: Path
 ) -> None:
     """Each connection's status and times are those the fold stored."""
-    answer = await queries.account_connections(account_reads, "live", "12345")
+    answer = await account_reads.account_connections("live", "12345")
     rows = direct(
         populated,
         "SELECT slug, status, status_since, first_seen, last_seen FROM connections"
@@ -153,7 +84,7 @@ async def test_account_connections_match_the_connections_table(
 
 
 async def walk_connections(
-    reader: aiosqlite.Connection,
+    reader: SqlReads,
     environment: str,
     status: str | None = None,
     slug: str | None = None,
@@ -163,7 +94,7 @@ async def walk_connections(
     seen: list[tuple[str, str, str]] = []
     cursor = None
     while True:
-        page = await queries.list_connections(reader, environment, status, slug, limit, cursor)
+        page = await reader.list_connections(environment, status, slug, limit, cursor)
         assert len(page.connections) <= limit
         seen += [(c.linked_account_id, c.slug, c.status) for c in page.connections]
         if page.next_cursor is None:
@@ -174,7 +105,7 @@ async def walk_connections(
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 async def test_list_connections_pages_walk_every_connection_once_in_order(
-    reader: aiosqlite.Connection, populated: Path, environment: str
+    reader: SqlReads, populated: Path, environment: str
 ) -> None:
     """Pages of 5 cover every connection exactly once, by (account, slug), then stop."""
     expected = direct(
@@ -189,7 +120,7 @@ async def test_list_connections_pages_walk_every_connection_once_in_order(
 
 @pytest.mark.parametrize("status", ["connected", "expired", "deleted"])
 async def test_list_connections_status_filter_returns_only_that_status(
-    reader: aiosqlite.Connection, populated: Path, status: str
+    reader: SqlReads, populated: Path, status: str
 ) -> None:
     """A status filter returns all and only the connections in that status."""
     expected = direct(
@@ -203,7 +134,7 @@ async def test_list_connections_status_filter_returns_only_that_status(
 
 
 async def test_list_connections_slug_filter_returns_only_that_app(
-    reader: aiosqlite.Connection, populated: Path
+    reader: SqlReads, populated: Path
 ) -> None:
     """A slug filter returns all and only that app's connections."""
     found = await walk_connections(reader, "test", slug="hubspot", limit=2)
@@ -217,11 +148,11 @@ async def test_list_connections_slug_filter_returns_only_that_app(
 
 
 async def test_list_connections_refuses_a_cursor_of_another_list(
-    reader: aiosqlite.Connection,
+    reader: SqlReads,
 ) -> None:
     """An audit cursor (an int) is not a connections cursor (two strings)."""
     with pytest.raises(InvalidCursor):
-        await queries.list_connections(reader, "live", None, None, 5, encode_cursor(12))
+        await reader.list_connections("live", None, None, 5, encode_cursor(12))
 
 
 # --- workflow runs ---------------------------------------------------------------------------
@@ -238,12 +169,12 @@ def busiest_account(path: Path, environment: str) -> str:
 
 
 async def walk_runs(
-    reader: aiosqlite.Connection, environment: str, account: str, status: str | None, limit: int
+    reader: SqlReads, environment: str, account: str, status: str | None, limit: int
 ) -> list[tuple[str, str]]:
     seen: list[tuple[str, str]] = []
     cursor = None
     while True:
-        page = await queries.account_runs(reader, environment, account, status, None, limit, cursor)
+        page = await reader.account_runs(environment, account, status, None, limit, cursor)
         assert len(page.runs) <= limit
         seen += [(r.instance_id, r.status) for r in page.runs]
         if page.next_cursor is None:
@@ -252,7 +183,7 @@ async def walk_runs(
 
 
 async def test_account_runs_pages_walk_every_run_once_in_instance_order(
-    reader: aiosqlite.Connection, populated: Path
+    reader: SqlReads, populated: Path
 ) -> None:
     """Pages cover all of an account's runs by instance_id, statuses in lower case."""
     account = busiest_account(populated, "live")
@@ -268,7 +199,7 @@ async def test_account_runs_pages_walk_every_run_once_in_instance_order(
 
 @pytest.mark.parametrize("status", ["completed", "errored", "stopped", "timed_out"])
 async def test_account_runs_status_filter_takes_and_gives_lower_case(
-    reader: aiosqlite.Connection, populated: Path, status: str
+    reader: SqlReads, populated: Path, status: str
 ) -> None:
     """Filtering by a lower-case status returns only runs in it, reported in lower case."""
     rows = direct(
@@ -285,7 +216,7 @@ async def test_account_runs_status_filter_takes_and_gives_lower_case(
 
 
 async def test_workflow_run_lists_its_deliveries_in_seq_order_with_duplicates_marked(
-    reader: aiosqlite.Connection, populated: Path
+    reader: SqlReads, populated: Path
 ) -> None:
     """Every delivery of the run, repeats included and flagged duplicate, in log order."""
     environment, instance = direct(
@@ -293,7 +224,7 @@ async def test_workflow_run_lists_its_deliveries_in_seq_order_with_duplicates_ma
         "SELECT environment, instance_id FROM deliveries WHERE instance_id IS NOT NULL"
         " AND duplicate_of IS NOT NULL ORDER BY seq LIMIT 1",
     )[0]
-    answer = await queries.workflow_run(reader, environment, instance, 1000, None)
+    answer = await reader.workflow_run(environment, instance, 1000, None)
     assert answer is not None
     expected = direct(
         populated,
@@ -310,30 +241,26 @@ async def test_workflow_run_lists_its_deliveries_in_seq_order_with_duplicates_ma
     assert answer.status == answer.status.lower()
 
 
-async def test_workflow_run_of_an_unknown_instance_is_none(reader: aiosqlite.Connection) -> None:
+async def test_workflow_run_of_an_unknown_instance_is_none(reader: SqlReads) -> None:
     """No run, no answer."""
-    assert (
-        await queries.workflow_run(reader, "live", "000000000000000000000000", 1000, None) is None
-    )
+    assert await reader.workflow_run("live", "000000000000000000000000", 1000, None) is None
 
 
-async def test_workflow_run_is_scoped_to_its_environment(
-    reader: aiosqlite.Connection, populated: Path
-) -> None:
+async def test_workflow_run_is_scoped_to_its_environment(reader: SqlReads, populated: Path) -> None:
     """A run of one environment is unknown in the other."""
     environment, instance = direct(
         populated, "SELECT environment, instance_id FROM workflow_runs LIMIT 1"
     )[0]
     other = "test" if environment == "live" else "live"
-    assert await queries.workflow_run(reader, environment, instance, 1000, None) is not None
-    assert await queries.workflow_run(reader, other, instance, 1000, None) is None
+    assert await reader.workflow_run(environment, instance, 1000, None) is not None
+    assert await reader.workflow_run(other, instance, 1000, None) is None
 
 
 # --- audit -----------------------------------------------------------------------------------
 
 
 async def walk_audit(
-    reader: aiosqlite.Connection,
+    reader: SqlReads,
     environment: str,
     account: str | None = None,
     event: str | None = None,
@@ -343,7 +270,7 @@ async def walk_audit(
     seqs: list[int] = []
     cursor = None
     while True:
-        page = await queries.audit_events(reader, environment, account, event, after, limit, cursor)
+        page = await reader.audit_events(environment, account, event, after, limit, cursor)
         assert len(page.events) <= limit
         assert all(e.environment == environment for e in page.events)
         seqs += [e.seq for e in page.events]
@@ -360,7 +287,7 @@ def logged_seqs(db: Path, where: str, *params: object) -> list[int]:
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 async def test_audit_events_pages_return_every_delivery_of_the_environment_in_order(
-    reader: aiosqlite.Connection, populated: Path, environment: str
+    reader: SqlReads, populated: Path, environment: str
 ) -> None:
     """Across pages, exactly the environment's deliveries, duplicates and flagged ones too."""
     expected = logged_seqs(populated, "environment = ?", environment)
@@ -368,7 +295,7 @@ async def test_audit_events_pages_return_every_delivery_of_the_environment_in_or
 
 
 async def test_audit_events_after_starts_past_the_given_seq(
-    reader: aiosqlite.Connection, populated: Path
+    reader: SqlReads, populated: Path
 ) -> None:
     """`after` skips every delivery up to and including that seq."""
     expected = logged_seqs(populated, "environment = 'live' AND seq > 400")
@@ -376,7 +303,7 @@ async def test_audit_events_after_starts_past_the_given_seq(
 
 
 async def test_audit_events_event_filter_returns_only_that_event(
-    reader: aiosqlite.Connection, populated: Path
+    reader: SqlReads, populated: Path
 ) -> None:
     """An event filter returns all and only the deliveries of that event."""
     expected = logged_seqs(populated, "environment = 'live' AND event = 'Connection Expired'")
@@ -385,7 +312,7 @@ async def test_audit_events_event_filter_returns_only_that_event(
 
 
 async def test_audit_events_account_filter_returns_only_that_account(
-    reader: aiosqlite.Connection, populated: Path
+    reader: SqlReads, populated: Path
 ) -> None:
     """An account filter returns all and only that account's deliveries."""
     expected = logged_seqs(populated, "environment = 'live' AND linked_account_id = '12345'")
@@ -394,10 +321,10 @@ async def test_audit_events_account_filter_returns_only_that_account(
 
 
 async def test_audit_events_report_duplicates_flags_and_payloads(
-    reader: aiosqlite.Connection, populated: Path
+    reader: SqlReads, populated: Path
 ) -> None:
     """Each event carries duplicate, flags and the parsed payload (None when not JSON)."""
-    page = await queries.audit_events(reader, "live", None, None, 0, 1000, None)
+    page = await reader.audit_events("live", None, None, 0, 1000, None)
     rows = direct(
         populated,
         "SELECT seq, duplicate_of IS NOT NULL, flags, body FROM deliveries"
@@ -415,30 +342,30 @@ async def test_audit_events_report_duplicates_flags_and_payloads(
 
 
 async def test_audit_event_body_base64_decodes_to_the_exact_bytes(
-    reader: aiosqlite.Connection, populated: Path
+    reader: SqlReads, populated: Path
 ) -> None:
     """The detail gives back the stored bytes, even when they are not UTF-8."""
     for seq, body in direct(populated, "SELECT seq, body FROM deliveries WHERE seq IN (1, 537)"):
-        detail = await queries.audit_event(reader, "live", seq)
+        detail = await reader.audit_event("live", seq)
         assert detail is not None
         assert base64.b64decode(detail.body_base64) == body
-    odd = await queries.audit_event(reader, "live", 537)
+    odd = await reader.audit_event("live", 537)
     assert odd is not None
     assert base64.b64decode(odd.body_base64) == ODD_BODY
     assert (odd.signed_as, odd.headers) == ("raw", {"content-type": "application/json"})
 
 
 async def test_audit_event_of_another_environment_or_unknown_seq_is_none(
-    reader: aiosqlite.Connection,
+    reader: SqlReads,
 ) -> None:
     """A seq is found only in its own environment."""
-    assert await queries.audit_event(reader, "live", 537) is not None
-    assert await queries.audit_event(reader, "test", 537) is None
-    assert await queries.audit_event(reader, "live", 10_000) is None
+    assert await reader.audit_event("live", 537) is not None
+    assert await reader.audit_event("test", 537) is None
+    assert await reader.audit_event("live", 10_000) is None
 
 
 async def test_audit_event_of_a_repeat_names_the_delivery_it_repeats(
-    reader: aiosqlite.Connection, populated: Path
+    reader: SqlReads, populated: Path
 ) -> None:
     """duplicate_of in the detail is the first seq of the same event."""
     environment, seq, first = direct(
@@ -446,7 +373,7 @@ async def test_audit_event_of_a_repeat_names_the_delivery_it_repeats(
         "SELECT environment, seq, duplicate_of FROM deliveries"
         " WHERE duplicate_of IS NOT NULL ORDER BY seq LIMIT 1",
     )[0]
-    detail = await queries.audit_event(reader, environment, seq)
+    detail = await reader.audit_event(environment, seq)
     assert detail is not None
     assert (detail.duplicate, detail.duplicate_of) == (True, first)
 
@@ -461,13 +388,18 @@ TWO_FLAGS = (
 
 
 @pytest.fixture
-async def flag_reader(populated: Path) -> AsyncIterator[aiosqlite.Connection]:
-    """A reader on the populated log plus one delivery carrying two flags."""
+async def flag_pool(populated: Path) -> AsyncIterator[ReaderPool]:
+    """One reader connection on the populated log plus one delivery carrying two flags."""
     conn = open_log(populated)
     log.append_batch(conn, [new_delivery(TWO_FLAGS, "live")])
     conn.close()
-    async with ReaderPool(populated) as pool, pool.connection() as conn:
-        yield conn
+    async with ReaderPool(populated, size=1) as pool:
+        yield pool
+
+
+@pytest.fixture
+def flag_reader(flag_pool: ReaderPool) -> SqlReads:
+    return SqlReads(flag_pool.fetch, SQLITE)
 
 
 def flags_by_seq(db: Path, environment: str) -> dict[int, list[str]]:
@@ -477,7 +409,7 @@ def flags_by_seq(db: Path, environment: str) -> dict[int, list[str]]:
 
 
 async def walk_flags(
-    reader: aiosqlite.Connection,
+    reader: SqlReads,
     environment: str,
     flagged: bool | None = None,
     flag: str | None = None,
@@ -486,8 +418,8 @@ async def walk_flags(
     seqs: list[int] = []
     cursor = None
     for _ in range(1000):
-        page = await queries.audit_events(
-            reader, environment, None, None, 0, limit, cursor, flagged=flagged, flag=flag
+        page = await reader.audit_events(
+            environment, None, None, 0, limit, cursor, flagged=flagged, flag=flag
         )
         seqs += [e.seq for e in page.events]
         if page.next_cursor is None:
@@ -498,7 +430,7 @@ async def walk_flags(
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS)
 async def test_flagged_true_lists_exactly_the_flagged_deliveries_and_false_the_clean_ones(
-    flag_reader: aiosqlite.Connection, populated: Path, environment: str
+    flag_reader: SqlReads, populated: Path, environment: str
 ) -> None:
     logged = flags_by_seq(populated, environment)
     flagged = [seq for seq, flags in logged.items() if flags]
@@ -513,7 +445,7 @@ async def test_flagged_true_lists_exactly_the_flagged_deliveries_and_false_the_c
     "flag", ["not_json", "unknown_event", "missing_field:slug", "environment_mismatch"]
 )
 async def test_a_flag_filter_lists_exactly_the_deliveries_carrying_that_flag(
-    flag_reader: aiosqlite.Connection, populated: Path, flag: str
+    flag_reader: SqlReads, populated: Path, flag: str
 ) -> None:
     logged = flags_by_seq(populated, "live")
     wanted = [seq for seq, flags in logged.items() if flag in flags]
@@ -524,7 +456,7 @@ async def test_a_flag_filter_lists_exactly_the_deliveries_carrying_that_flag(
 
 
 async def test_a_delivery_with_two_flags_is_found_by_each_of_them(
-    flag_reader: aiosqlite.Connection, populated: Path
+    flag_reader: SqlReads, populated: Path
 ) -> None:
     (two,) = [s for s, f in flags_by_seq(populated, "live").items() if len(f) == 2]
     for flag in ("environment_mismatch", "missing_field:slug"):
@@ -533,7 +465,7 @@ async def test_a_delivery_with_two_flags_is_found_by_each_of_them(
 
 @pytest.mark.parametrize("part", ["missing_field", "missing_field:slu", "slug", "field:slug"])
 async def test_a_flag_filter_matches_whole_flags_never_part_of_one(
-    flag_reader: aiosqlite.Connection, populated: Path, part: str
+    flag_reader: SqlReads, populated: Path, part: str
 ) -> None:
     """missing_field:slug is stored, and a substring match would find it under each `part`."""
     assert any("missing_field:slug" in f for f in flags_by_seq(populated, "live").values())
@@ -542,17 +474,18 @@ async def test_a_flag_filter_matches_whole_flags_never_part_of_one(
 
 @pytest.mark.parametrize(("flagged", "flag"), [(True, None), (None, "unknown_event")])
 async def test_flag_filters_read_the_index_of_flagged_deliveries_not_the_whole_log(
-    flag_reader: aiosqlite.Connection, populated: Path, flagged: bool | None, flag: str | None
+    flag_pool: ReaderPool, populated: Path, flagged: bool | None, flag: str | None
 ) -> None:
     """The plan SQLite makes for the very statement the query runs uses deliveries_flagged."""
     statements: list[str] = []
-    await flag_reader.set_trace_callback(statements.append)
-    try:
-        await queries.audit_events(
-            flag_reader, "live", None, None, 0, 10, None, flagged=flagged, flag=flag
-        )
-    finally:
-        await flag_reader.set_trace_callback(None)
+    async with flag_pool.connection() as conn:  # the pool's only connection
+        await conn.set_trace_callback(statements.append)
+        try:
+            await SqlReads(flag_pool.fetch, SQLITE).audit_events(
+                "live", None, None, 0, 10, None, flagged=flagged, flag=flag
+            )
+        finally:
+            await conn.set_trace_callback(None)
     (statement,) = [s for s in statements if "FROM deliveries" in s]
     plan = direct(populated, f"EXPLAIN QUERY PLAN {statement}")
     steps = " | ".join(str(row[-1]) for row in plan)
@@ -584,12 +517,13 @@ async def test_fold_errors_list_the_current_generation_only_by_seq_with_each_eve
     wanted = [(4, "KeyError: 'then'"), (9, "KeyError: 'now'")]
     events = dict(direct(populated, "SELECT seq, event FROM deliveries WHERE seq IN (4, 9)"))
     environments = dict(direct(populated, "SELECT seq, environment FROM deliveries"))
-    async with ReaderPool(populated) as pool, pool.connection() as reader:
-        first = await queries.fold_errors(reader, "connection_health", 1, None)
+    async with ReaderPool(populated) as pool:
+        reader = SqlReads(pool.fetch, SQLITE)
+        first = await reader.fold_errors("connection_health", 1, None)
         assert first.next_cursor is not None
-        rest = await queries.fold_errors(reader, "connection_health", 1, first.next_cursor)
+        rest = await reader.fold_errors("connection_health", 1, first.next_cursor)
         assert rest.next_cursor is None
-        whole = await queries.fold_errors(reader, "connection_health", 100, None)
+        whole = await reader.fold_errors("connection_health", 100, None)
     assert first.errors + rest.errors == whole.errors
     assert [(e.seq, e.error) for e in whole.errors] == wanted
     assert [(e.event, e.environment) for e in whole.errors] == [
@@ -602,11 +536,11 @@ async def test_fold_errors_list_the_current_generation_only_by_seq_with_each_eve
 
 
 async def test_projection_states_report_the_log_head_and_caught_up_positions(
-    reader: aiosqlite.Connection, populated: Path
+    reader: SqlReads, populated: Path
 ) -> None:
     """log_head is the number of deliveries; every projection has reached it without errors."""
     count = direct(populated, "SELECT count(*) FROM deliveries")[0][0]
-    states = await queries.projection_states(reader)
+    states = await reader.projection_states()
     assert states.log_head == count == 537
     assert [(p.name, p.position, p.errors) for p in states.projections] == [
         ("connection_health", count, 0),
@@ -633,7 +567,7 @@ async def test_a_run_and_its_deliveries_are_read_from_one_snapshot(
     writer = open_projected(db_path)
     log.append_batch(writer, [new_delivery(run_event("ERRORED"), "live")])
     catch_up(writer)
-    fetch_rows, landed = queries.fetch_rows, []
+    fetch_rows, landed = readers.fetch_rows, []
 
     async def fetch_then_complete_the_run(
         conn: aiosqlite.Connection, sql: str, *params: Any
@@ -644,10 +578,11 @@ async def test_a_run_and_its_deliveries_are_read_from_one_snapshot(
             catch_up(writer)
         return rows
 
-    monkeypatch.setattr(queries, "fetch_rows", fetch_then_complete_the_run)
-    async with ReaderPool(db_path) as pool, pool.connection() as conn:
-        during = await queries.workflow_run(conn, "live", RUN, 100, None)
-        after = await queries.workflow_run(conn, "live", RUN, 100, None)
+    monkeypatch.setattr(readers, "fetch_rows", fetch_then_complete_the_run)
+    async with ReaderPool(db_path) as pool:
+        reads = SqlReads(pool.fetch, SQLITE)
+        during = await reads.workflow_run("live", RUN, 100, None)
+        after = await reads.workflow_run("live", RUN, 100, None)
     assert [a.seq for a in landed] == [2]
     assert during is not None
     assert after is not None

@@ -10,8 +10,9 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from projector import log, queries, readers
-from projector.readers import AccountReads, ReaderPool
+from projector.storage.queries import SQLITE, SqlReads
+from projector.storage.sqlite import log, readers
+from projector.storage.sqlite.readers import ReaderPool
 from tests.storage_support import direct, new_delivery
 
 
@@ -32,17 +33,16 @@ async def test_reader_connections_cannot_write(populated: Path) -> None:
 async def test_readers_see_deliveries_committed_after_they_opened(populated: Path) -> None:
     """A reader is not stuck on an old snapshot: a later commit shows in its next query."""
     async with ReaderPool(populated) as pool:
-        async with pool.connection() as conn:
-            before = (await queries.projection_states(conn)).log_head
+        reads = SqlReads(pool.fetch, SQLITE)
+        before = (await reads.projection_states()).log_head
         writer = log.connect(populated)
         log.append_batch(writer, [new_delivery(b"[1]", "test")])
         writer.close()
-        async with pool.connection() as conn:
-            assert (await queries.projection_states(conn)).log_head == before + 1
+        assert (await reads.projection_states()).log_head == before + 1
 
 
 async def test_banner_reads_waiting_together_share_queries_and_each_gets_its_own_rows(
-    account_reads: AccountReads, populated: Path, monkeypatch: pytest.MonkeyPatch
+    account_reads: SqlReads, populated: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Reads gathered at once (repeats, unknown accounts, both environments) go to SQLite in
     shared queries, and every read answers exactly what its own query would."""
@@ -58,7 +58,7 @@ async def test_banner_reads_waiting_together_share_queries_and_each_gets_its_own
 
     monkeypatch.setattr(readers, "fetch_rows", counted)
     answers = await asyncio.gather(
-        *(queries.account_connections(account_reads, env, account) for env, account in wanted)
+        *(account_reads.account_connections(env, account) for env, account in wanted)
     )
     assert len(trips) == 1  # all asked in one loop turn: one query for all of them
     for (environment, account), answer in zip(wanted, answers, strict=True):
@@ -77,7 +77,7 @@ async def test_banner_reads_waiting_together_share_queries_and_each_gets_its_own
 
 
 async def test_a_failed_shared_query_fails_every_read_waiting_on_it(
-    account_reads: AccountReads, monkeypatch: pytest.MonkeyPatch
+    account_reads: SqlReads, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No read is left hanging when the query it shares fails: each gets the error."""
 
@@ -87,7 +87,7 @@ async def test_a_failed_shared_query_fails_every_read_waiting_on_it(
     monkeypatch.setattr(readers, "fetch_rows", failing)
     outcomes = await asyncio.wait_for(
         asyncio.gather(
-            *(queries.account_connections(account_reads, "live", f"a{i}") for i in range(5)),
+            *(account_reads.account_connections("live", f"a{i}") for i in range(5)),
             return_exceptions=True,
         ),
         timeout=5,

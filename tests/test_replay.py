@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from projector import integrity, log, projection, replay
+from projector import integrity
 from projector.readmodels import CONNECTION_HEALTH, WORKFLOW_RUNS
+from projector.storage.sqlite import log, projection, replay
 from tests.storage_support import (
     BROKEN_BODY,
     NAMES,

@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from projector import log, replay
 from projector.stats import WINDOW_MINUTES, DeliveryMinutes
+from projector.storage.sqlite import log, replay
 from tests.support import (
     AUTH,
     run_cli,

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from projector import log, projection
-from projector.writer import (
+from projector.storage.rows import Appended, NewDelivery
+from projector.storage.sqlite import log, projection
+from projector.storage.sqlite.writer import (
     MAX_BATCH,
     Overloaded,
     ProjectAppended,
@@ -41,7 +42,7 @@ class Commits:
         self.count += 1
 
 
-def unique(index: int) -> log.NewDelivery:
+def unique(index: int) -> NewDelivery:
     """A delivery no other one in the test repeats."""
     base = DELIVERIES[index % len(DELIVERIES)]
     return replace(base, event_key=f"unique-{index}")
@@ -127,8 +128,8 @@ async def test_a_repeat_appended_through_the_lane_reports_its_original(lane: Wri
     """The lane hands back append_batch's duplicate_of."""
     first = await lane.append(DELIVERIES[0])
     again = await lane.append(DELIVERIES[0])
-    assert first == log.Appended(1, None)
-    assert again == log.Appended(2, 1)
+    assert first == Appended(1, None)
+    assert again == Appended(2, 1)
 
 
 async def test_appends_beyond_max_pending_are_refused_with_overloaded(db_path: Path) -> None:
@@ -176,7 +177,7 @@ async def test_the_lane_recovers_once_the_database_can_store_again(
     with pytest.raises(StorageUnavailable):
         await lane.append(large)
     await lane.run(lambda c: c.execute("PRAGMA max_page_count = 1073741823").fetchall())
-    assert await lane.append(large) == log.Appended(2, None)
+    assert await lane.append(large) == Appended(2, None)
     assert stored_seqs(db_path) == [1, 2]
 
 

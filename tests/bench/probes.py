@@ -6,6 +6,7 @@ import http.client
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,10 +25,14 @@ def _connection(url: str) -> http.client.HTTPConnection:
 
 
 class LagProbe:
-    """While load runs: post a marker delivery, time from its 200 until the banner shows it."""
+    """While load runs: post a marker delivery, time from its 200 until the banner shows it.
 
-    def __init__(self, url: str, token: str) -> None:
+    The banner is read from `read_url` if given (another process on the same log), else `url`.
+    """
+
+    def __init__(self, url: str, token: str, read_url: str | None = None) -> None:
         self._url, self._token = url, token
+        self._read_url = read_url or url
         self._stop = threading.Event()
         self._lags: list[float] = []
         self._thread = threading.Thread(target=self._run, name="lag-probe")
@@ -43,7 +48,7 @@ class LagProbe:
         self._thread.join(30)
 
     def _run(self) -> None:
-        post, read = _connection(self._url), _connection(self._url)
+        post, read = _connection(self._url), _connection(self._read_url)
         auth = {"Authorization": f"Bearer {self._token}"}
         number = 0
         while not self._stop.wait(PROBE_EVERY):
@@ -84,6 +89,15 @@ class LagProbe:
             "lag_p99_ms": lags[min(len(lags) - 1, int(len(lags) * 0.99))] * 1000,
             "lag_max_ms": lags[-1] * 1000,
         }
+
+
+def wait_for(check: Callable[[], bool], seconds: float) -> None:
+    """Return once `check()` is true; raise if it is not within `seconds` (polls every 50 ms)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{getattr(check, '__name__', check)} not true after {seconds} s")
+        time.sleep(0.05)
 
 
 def write_etags(url: str, token: str, path: Path, accounts: int) -> Path:

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
-from projector import log
 from projector.config import fingerprint
 from projector.events import parse_delivery
 from projector.signature import sign_body
+from projector.storage.sqlite import log
 from tests.support import KEY_BY_ENVIRONMENT
 
 SLUGS = ("hubspot", "slack", "gmail", "salesforce")

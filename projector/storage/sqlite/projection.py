@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 import structlog
 
-from projector import log
-from projector.events import ConnectionChange, WorkflowOutcome, parse_change
-from projector.readmodels import READ_MODELS, FoldError, ReadModel
+from projector.readmodels import READ_MODELS, Changes, FoldError, ReadModel, read_changes
+from projector.storage.port import ProjectionStatus
+from projector.storage.queries import PROJECTIONS_QUERY
+from projector.storage.sqlite import log, outbox, tables
 
 logger = structlog.get_logger("projector.projection")
 
@@ -32,20 +32,13 @@ CREATE TABLE IF NOT EXISTS rebuilds (generation INTEGER PRIMARY KEY, finished_at
 """
 
 
-@dataclass(frozen=True)
-class ProjectionStatus:
-    """Where one projection stands."""
-
-    name: str
-    version: int
-    position: int
-    errors: int
-
-
 def prepare(conn: sqlite3.Connection) -> list[str]:
     """Create missing bookkeeping; returns the projections whose version changed (or new)."""
     for statement in _BOOKKEEPING.split(";\n"):
         conn.execute(statement)
+    # The alert outbox's tables too (empty until alerting is enabled): every database with
+    # projections has them, so GET /v1/projections can always read them.
+    outbox.prepare(conn)
     stale = []
     for model in READ_MODELS:
         row = conn.execute(
@@ -56,13 +49,6 @@ def prepare(conn: sqlite3.Connection) -> list[str]:
     return stale
 
 
-# Errors count only in the projection's current generation: a rebuild starts clean.
-STATUS_QUERY = (
-    "SELECT p.name, p.version, p.position, (SELECT count(*) FROM projection_errors e"
-    " WHERE e.name = p.name AND e.generation = p.generation) FROM projections p ORDER BY p.name"
-)
-
-
 def state_token(conn: sqlite3.Connection) -> tuple[tuple[str, int, int], ...]:
     """Every projection's position and generation: it changes whenever a read model does."""
     rows = conn.execute("SELECT name, position, generation FROM projections ORDER BY name")
@@ -71,29 +57,8 @@ def state_token(conn: sqlite3.Connection) -> tuple[tuple[str, int, int], ...]:
 
 def statuses(conn: sqlite3.Connection) -> list[ProjectionStatus]:
     """Every projection's version, position and number of recorded fold errors."""
-    rows = conn.execute(STATUS_QUERY).fetchall()
-    return [ProjectionStatus(*row) for row in rows]
-
-
-Changes = list[tuple[int, ConnectionChange | WorkflowOutcome]]
-
-
-def read_changes(deliveries: Sequence[log.LoggedDelivery]) -> tuple[Changes, list[FoldError]]:
-    """Parse each delivery once, for every projection: its change, or why it has none."""
-    changes: Changes = []
-    errors = []
-    for delivery in deliveries:
-        # Duplicates are folded too. The folds are idempotent, so a true repeat changes
-        # nothing; and a `duplicate_of` recorded by an older release (one that matched a
-        # valid event to a flagged one) must not keep a valid event out of the read models.
-        try:
-            change = parse_change(delivery.body, delivery.environment)
-        except Exception as exc:  # parse_change should never raise; if it does, go on
-            errors.append(FoldError(delivery.seq, f"{type(exc).__name__}: {exc}"))
-            continue
-        if change is not None:
-            changes.append((delivery.seq, change))
-    return changes, errors
+    rows = conn.execute(PROJECTIONS_QUERY).fetchall()
+    return [ProjectionStatus(*row[:4]) for row in rows]
 
 
 def fold_changes(
@@ -104,9 +69,8 @@ def fold_changes(
     after: int = 0,
 ) -> list[FoldError]:
     """Fold into `table` the changes of this model's kind past `after`; returns the errors."""
-    changes, parse_errors = read
-    mine = [(seq, c) for seq, c in changes if seq > after and isinstance(c, model.change_type)]
-    return [e for e in parse_errors if e.seq > after] + model.apply(conn, table, mine)
+    mine, parse_errors = model.changes_past(read, after)
+    return parse_errors + tables.apply(conn, model, table, mine)
 
 
 def record_errors(

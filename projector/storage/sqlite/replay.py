@@ -14,11 +14,12 @@ from typing import Any
 
 import structlog
 
-from projector import integrity, log
 from projector.events import format_instant, parse_change
-from projector.log import insert_many
-from projector.projection import fold_changes, prepare, read_changes, record_errors
-from projector.readmodels import READ_MODELS, FoldError, ReadModel
+from projector.readmodels import READ_MODELS, FoldError, ReadModel, read_changes
+from projector.storage.rows import LoggedDelivery
+from projector.storage.sqlite import chain, log, tables
+from projector.storage.sqlite.log import insert_many
+from projector.storage.sqlite.projection import fold_changes, prepare, record_errors
 
 logger = structlog.get_logger("projector.replay")
 
@@ -62,11 +63,11 @@ def rebuild(
         conn.execute("DELETE FROM projection_errors WHERE generation >= ?", (generation,))
         for model in READ_MODELS:
             conn.execute(f"DROP TABLE IF EXISTS {model.table}{REBUILD_SUFFIX}")
-            model.create_table(conn, model.table + REBUILD_SUFFIX)
+            tables.create_table(conn, model, model.table + REBUILD_SUFFIX)
         position = log.head(conn)
         # Rows 1..position, no more (the sorted reads bound seq) and no fewer: past a gap
         # `projector verify` proves nothing, so a log with one is not folded at all.
-        integrity.check_without_gaps(conn, position)
+        chain.check_without_gaps(conn, position)
     # The sorted reads run on a second connection: its snapshot stays put while this one
     # commits the new rows in short transactions, which a server's appends slot between.
     reader = log.connect(log.path_of(conn), readonly=True)
@@ -142,7 +143,7 @@ def _fill(
     with log.transaction(conn):
         _check_claim(conn, generation)
         for model in READ_MODELS:
-            model.create_indexes(conn, model.table + REBUILD_SUFFIX, generation)
+            tables.create_indexes(conn, model, model.table + REBUILD_SUFFIX, generation)
 
 
 def _fill_model(
@@ -250,7 +251,7 @@ def _check_claim(conn: sqlite3.Connection, generation: int) -> None:
 
 
 def _rebuild_chunk(
-    conn: sqlite3.Connection, deliveries: Sequence[log.LoggedDelivery], generation: int
+    conn: sqlite3.Connection, deliveries: Sequence[LoggedDelivery], generation: int
 ) -> None:
     read = read_changes(deliveries)
     for model in READ_MODELS:

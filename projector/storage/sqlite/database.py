@@ -6,10 +6,18 @@ import os
 import sqlite3
 from pathlib import Path
 
-from projector import log
 from projector.config import ConfigError
+from projector.storage.port import LogSchemaError
+from projector.storage.sqlite import log
 
-_FIX = "set PROJECTOR_DB to a file in a folder this user can read and write"
+VARIABLE = "PROJECTOR_DB"
+
+
+def _fix(label: str) -> str:
+    """What to do about an unusable file, said of the variable or argument that named it."""
+    if label == VARIABLE:
+        return "set PROJECTOR_DB to a file in a folder this user can read and write"
+    return f"name as {label} a file in a folder this user can read and write"
 
 
 def shown(path: Path) -> Path:
@@ -30,9 +38,9 @@ def _folder_problem(folder: Path) -> str | None:
     return None
 
 
-def unusable(path: Path, reason: str) -> ConfigError:
-    """The error for a PROJECTOR_DB that cannot be used, naming it resolved."""
-    return ConfigError(f"PROJECTOR_DB ({shown(path)}): {reason}")
+def unusable(path: Path, reason: str, label: str = VARIABLE) -> ConfigError:
+    """The error for a PROJECTOR_DB (or `label`) that cannot be used, naming it resolved."""
+    return ConfigError(f"{label} ({shown(path)}): {reason}")
 
 
 def _access_problem(where: Path, readonly: bool) -> str | None:
@@ -45,20 +53,25 @@ def _access_problem(where: Path, readonly: bool) -> str | None:
     return None
 
 
-def open_database(path: Path, *, readonly: bool, create: bool = False) -> sqlite3.Connection:
+def open_database(
+    path: Path, *, readonly: bool, create: bool = False, label: str = VARIABLE
+) -> sqlite3.Connection:
     """Open the log at PROJECTOR_DB, or raise ConfigError saying why it cannot be used.
 
-    `create` makes the folder and the file when they do not exist yet (only `serve` does).
+    `create` makes the folder and the file when they do not exist yet (`serve`, and a copy's
+    destination); `label` is what named the file in messages (PROJECTOR_DB, or SOURCE).
     """
     where = shown(path)
     problem = _folder_problem(where.parent)
     if problem is None and os.path.isdir(where):
         example = where / "projector.sqlite3"
-        raise unusable(where, f"it is a folder, not a file; name a file in it, e.g. {example}")
+        raise unusable(
+            where, f"it is a folder, not a file; name a file in it, e.g. {example}", label
+        )
     if problem is None and not os.path.exists(where):
         if not create:
             raise unusable(
-                where, "no database there; start `projector serve` first, or fix the path"
+                where, "no database there; start `projector serve` first, or fix the path", label
             )
         try:
             where.parent.mkdir(parents=True, exist_ok=True)
@@ -67,36 +80,38 @@ def open_database(path: Path, *, readonly: bool, create: bool = False) -> sqlite
     if problem is None:
         problem = _access_problem(where, readonly)
     if problem is not None:
-        raise unusable(where, f"{problem}; {_FIX}")
+        raise unusable(where, f"{problem}; {_fix(label)}", label)
     try:
         conn = log.connect(where, readonly=readonly)
     except (sqlite3.Error, OSError) as exc:
-        raise _not_a_database(where, exc) from None
+        raise _not_a_database(where, exc, label) from None
     try:
         conn.execute("PRAGMA user_version").fetchone()  # reads the header: is it SQLite at all?
         if readonly:  # nothing will migrate it: it must be a log at this code's version
             log.check_version(conn)
     except sqlite3.Error as exc:
         conn.close()
-        raise _not_a_database(where, exc) from None
-    except log.LogSchemaError as exc:
+        raise _not_a_database(where, exc, label) from None
+    except LogSchemaError as exc:
         conn.close()
-        raise unusable(where, str(exc)) from None
+        raise unusable(where, str(exc), label) from None
     return conn
 
 
-def _not_a_database(where: Path, exc: Exception) -> ConfigError:
+def _not_a_database(where: Path, exc: Exception, label: str) -> ConfigError:
     if not os.access(where.parent, os.W_OK):
         # A WAL database needs its -shm file even to be read, and SQLite creates it there.
         return unusable(
             where,
             f"cannot open it ({exc}): no permission to write in the folder {where.parent}"
-            f", where SQLite keeps the -wal and -shm files it needs even to read; {_FIX}",
+            f", where SQLite keeps the -wal and -shm files it needs even to read; {_fix(label)}",
+            label,
         )
     return unusable(
         where,
-        f"cannot use it as the database ({exc}); point PROJECTOR_DB at a refold-projector "
+        f"cannot use it as the database ({exc}); point {label} at a refold-projector "
         "SQLite file, or at a new file in a folder this user can write to",
+        label,
     )
 
 

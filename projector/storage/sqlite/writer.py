@@ -15,7 +15,9 @@ from typing import Any, TypeVar
 
 import structlog
 
-from projector import log
+from projector.storage.port import CommitOutcome, Overloaded, StorageUnavailable
+from projector.storage.rows import Appended, NewDelivery, probe_delivery
+from projector.storage.sqlite import log
 
 T = TypeVar("T")
 logger = structlog.get_logger("projector.writer")
@@ -30,25 +32,9 @@ ProjectAppended = Callable[[sqlite3.Connection, Mapping[int, log.Committed]], bo
 
 
 @dataclass(frozen=True)
-class CommitOutcome:
-    """When the last batch of appends was committed or failed (time.monotonic)."""
-
-    at: float
-    succeeded: bool
-
-
-class Overloaded(Exception):
-    """More deliveries are waiting for the writer than the configured bound."""
-
-
-class StorageUnavailable(Exception):
-    """The log could not commit; nothing from that batch was stored."""
-
-
-@dataclass(frozen=True)
 class _Append:
-    delivery: log.NewDelivery
-    future: asyncio.Future[log.Appended]
+    delivery: NewDelivery
+    future: asyncio.Future[Appended]
 
 
 @dataclass(frozen=True)
@@ -111,16 +97,20 @@ class WriteLane:
         self._inbox.put(_Job(job, future))
         return await future
 
-    async def append(self, delivery: log.NewDelivery) -> log.Appended:
+    async def append(self, delivery: NewDelivery) -> Appended:
         """Append one delivery; returns after its commit is durable."""
         if self._closing or self._loop is None or self._stopped is None or self._stopped.done():
             raise StorageUnavailable("the write lane is closed")
         if self._pending >= self._max_pending:
             raise Overloaded(f"{self._pending} deliveries are waiting for the writer")
-        future: asyncio.Future[log.Appended] = self._loop.create_future()
+        future: asyncio.Future[Appended] = self._loop.create_future()
         self._pending += 1
         self._inbox.put(_Append(delivery, future))
         return await future
+
+    async def probe_write(self) -> None:
+        """Append a row as the receiver would, then roll it back, in turn with the appends."""
+        await self.run(_probe_write)
 
     def take_committed(self) -> dict[int, log.Committed]:
         """What was committed but not folded since the last call, by seq, for the projector."""
@@ -206,8 +196,8 @@ class WriteLane:
         self._to_loop(self._settle_committed, batch, results, projected)
 
     def _append(
-        self, conn: sqlite3.Connection, deliveries: list[log.NewDelivery]
-    ) -> tuple[list[log.Appended], bool]:
+        self, conn: sqlite3.Connection, deliveries: list[NewDelivery]
+    ) -> tuple[list[Appended], bool]:
         """Append (and fold, if it can) in one transaction: one fsync covers both."""
         with log.transaction(conn):
             results = log.append_rows(conn, deliveries)
@@ -217,8 +207,8 @@ class WriteLane:
     def _project_in(
         self,
         conn: sqlite3.Connection,
-        deliveries: list[log.NewDelivery],
-        results: list[log.Appended],
+        deliveries: list[NewDelivery],
+        results: list[Appended],
     ) -> bool:
         if self._project is None:
             return False
@@ -247,7 +237,7 @@ class WriteLane:
     # --- back on the event loop -----------------------------------------------------------
 
     def _settle_committed(
-        self, batch: list[_Append], results: list[log.Appended], projected: bool
+        self, batch: list[_Append], results: list[Appended], projected: bool
     ) -> None:
         self._pending -= len(batch)
         self.last_commit = CommitOutcome(time.monotonic(), succeeded=True)
@@ -277,3 +267,12 @@ def _settle_job(future: asyncio.Future[Any], result: Any, error: BaseException |
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def _probe_write(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        log.append_rows(conn, [probe_delivery()])
+    finally:
+        if conn.in_transaction:  # SQLite rolls some failures (a full disk) back by itself
+            conn.execute("ROLLBACK")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -10,12 +9,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from projector import integrity
-from projector.events import ConnectionChange, ParsedDelivery, WorkflowOutcome
-from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, hashed_rows, head_hash, row_hash
+from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash
+from projector.storage.port import LogSchemaError
+from projector.storage.rows import (
+    LOGGED_COLUMNS,
+    Appended,
+    Change,
+    LoggedDelivery,
+    NewDelivery,
+    StoredRow,
+    check_continues,
+    logged_deliveries,
+    logged_delivery,
+    number_batch,
+)
+from projector.storage.sqlite.chain import hashed_rows, head_hash
 
 LOG_SCHEMA_VERSION = 3
-Change = ConnectionChange | WorkflowOutcome
 
 _CREATE_LOG = """
     CREATE TABLE deliveries (
@@ -91,89 +101,11 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
 )
 
 
-class LogSchemaError(Exception):
-    """The database was written by a newer version of refold-projector."""
-
-
-@dataclass(frozen=True)
-class NewDelivery:
-    """A verified delivery, parsed, ready to append."""
-
-    received_at: str
-    environment: str
-    key_id: str
-    signed_as: str
-    headers: dict[str, str]
-    body: bytes
-    event: str | None
-    kind: str | None
-    linked_account_id: str | None
-    slug: str | None
-    instance_id: str | None
-    event_key: str
-    flags: tuple[str, ...]
-    # Not stored: what the projectors will fold, handed on so the live projector need not
-    # parse the body again (a rebuild parses it, with the same function).
-    change: Change | None = None
-
-    @classmethod
-    def verified(
-        cls,
-        body: bytes,
-        parsed: ParsedDelivery,
-        *,
-        environment: str,
-        received_at: str,
-        key_id: str,
-        signed_as: str,
-        headers: dict[str, str],
-    ) -> NewDelivery:
-        """The row for a verified body, with the fields `parse_delivery` read from it."""
-        return cls(
-            received_at,
-            environment,
-            key_id,
-            signed_as,
-            headers,
-            body,
-            parsed.event,
-            parsed.kind,
-            parsed.linked_account_id,
-            parsed.slug,
-            parsed.instance_id,
-            parsed.event_key,
-            parsed.flags,
-            parsed.change,
-        )
-
-
-@dataclass(frozen=True)
-class Appended:
-    """Where a delivery landed, and the earlier delivery it repeats, if any."""
-
-    seq: int
-    duplicate_of: int | None
-
-
 @dataclass(frozen=True)
 class Committed:
     """What the projectors need of a delivery this process just appended: its change."""
 
     change: Change | None
-
-
-@dataclass(frozen=True)
-class LoggedDelivery:
-    """One row of the log, as the projectors and the audit queries read it."""
-
-    seq: int
-    received_at: str
-    environment: str
-    event: str | None
-    linked_account_id: str | None
-    flags: tuple[str, ...]
-    duplicate_of: int | None
-    body: bytes
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -258,14 +190,32 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute(f"PRAGMA user_version = {version + 1}")
 
 
+# The triggers that keep the log append-only, gap-free and hashed (created by MIGRATIONS).
+GUARDS = (
+    "deliveries_seq_without_gaps",
+    "deliveries_no_delete",
+    "deliveries_no_update",
+    "deliveries_hash_required",
+)
+
+
+def missing_guards(conn: sqlite3.Connection) -> list[str]:
+    """The GUARDS triggers that are not on the log (someone dropped them)."""
+    present = {
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'deliveries'"
+        )
+    }
+    return [name for name in GUARDS if name not in present]
+
+
 def head(conn: sqlite3.Connection) -> int:
     """The last seq in the log, 0 when empty."""
     row = conn.execute("SELECT coalesce(max(seq), 0) FROM deliveries").fetchone()
     return int(row[0])
 
 
-# Built once (json.dumps with keywords builds an encoder per call); the writer uses it per row.
-_SORTED_JSON = json.JSONEncoder(sort_keys=True)
 _INSERT_DELIVERY = f"INSERT INTO deliveries ({', '.join(HASHED_COLUMNS)}, row_hash)"
 
 
@@ -307,65 +257,28 @@ def append_batch(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list
         return append_rows(conn, batch)
 
 
-def row_content(seq: int, delivery: NewDelivery, duplicate_of: int | None) -> tuple[Any, ...]:
-    """The stored columns of `delivery` at `seq`, in HASHED_COLUMNS order."""
-    return (
-        seq,
-        delivery.received_at,
-        delivery.environment,
-        delivery.key_id,
-        delivery.signed_as,
-        _SORTED_JSON.encode(delivery.headers),
-        delivery.body,
-        delivery.event,
-        delivery.kind,
-        delivery.linked_account_id,
-        delivery.slug,
-        delivery.instance_id,
-        delivery.event_key,
-        "[]" if not delivery.flags else json.dumps(list(delivery.flags)),
-        duplicate_of,
-    )
-
-
 def append_rows(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[Appended]:
     """Append deliveries inside the caller's write transaction (BEGIN IMMEDIATE)."""
-    results: list[Appended] = []
     seq, previous = head_hash(conn)
     # One query for every key in the batch, one executemany for every row: each SQLite
     # call gives up the GIL and must win it back from the busy event loop, so calls per
     # batch, not per row, keep the writer quick.
     first_seen = _first_seqs(conn, list({delivery.event_key for delivery in batch}))
-    rows: list[tuple[Any, ...]] = []
-    for delivery in batch:
-        seq += 1
-        first = first_seen.setdefault(delivery.event_key, seq)
-        duplicate_of = None if first == seq else first  # the first of its event: None
-        content = row_content(seq, delivery, duplicate_of)
-        previous = row_hash(previous, content)
-        rows.append((*content, previous))
-        results.append(Appended(seq, duplicate_of))
+    rows, results = number_batch(seq, previous, batch, first_seen)
     insert_many(conn, _INSERT_DELIVERY, rows)
     return results
 
 
-_LOGGED_COLUMNS = (
-    "seq, received_at, environment, event, linked_account_id, flags, duplicate_of, body"
-)
+def append_stored(conn: sqlite3.Connection, rows: Sequence[StoredRow]) -> None:
+    """Append rows copied from another log, unchanged, inside the caller's write transaction.
 
-
-def _logged(row: tuple[Any, ...]) -> LoggedDelivery:
-    seq, received_at, environment, event, account, flags, duplicate_of, body = row
-    return LoggedDelivery(
-        seq,
-        received_at,
-        environment,
-        event,
-        account,
-        () if flags == "[]" else tuple(json.loads(flags)),  # most rows: spare the parse
-        duplicate_of,
-        body,
-    )
+    They must continue this log: the next seq, each hash chained to the one before.
+    """
+    seq, previous = head_hash(conn)
+    for row in rows:
+        check_continues(seq, previous, row)
+        seq, previous = row.seq, row.row_hash
+    insert_many(conn, _INSERT_DELIVERY, [(*row.content, row.row_hash) for row in rows])
 
 
 def read_after(conn: sqlite3.Connection, after: int, limit: int) -> list[LoggedDelivery]:
@@ -376,23 +289,20 @@ def read_after(conn: sqlite3.Connection, after: int, limit: int) -> list[LoggedD
     """
     start = max(after, 0)
     rows = conn.execute(
-        f"SELECT {_LOGGED_COLUMNS} FROM deliveries WHERE seq > ? ORDER BY seq LIMIT ?",
+        f"SELECT {LOGGED_COLUMNS} FROM deliveries WHERE seq > ? ORDER BY seq LIMIT ?",
         (start, limit),
     ).fetchall()
-    if rows and rows[-1][0] != start + len(rows):  # seqs ascend, so only a gap breaks this
-        expected = next(seq for seq, (row_seq, *_) in enumerate(rows, start + 1) if row_seq != seq)
-        raise integrity.missing_row(expected, rows[expected - start - 1][0])
-    return [_logged(row) for row in rows]
+    return logged_deliveries(rows, start)
 
 
 def read_seqs(conn: sqlite3.Connection, seqs: Sequence[int]) -> list[LoggedDelivery]:
     """The deliveries with these seqs (at most 10,000 at once), in log order."""
     rows = conn.execute(
-        f"SELECT {_LOGGED_COLUMNS} FROM deliveries WHERE seq IN ({', '.join('?' * len(seqs))})"
+        f"SELECT {LOGGED_COLUMNS} FROM deliveries WHERE seq IN ({', '.join('?' * len(seqs))})"
         " ORDER BY seq",
         list(seqs),
     ).fetchall()
-    return [_logged(row) for row in rows]
+    return [logged_delivery(row) for row in rows]
 
 
 def path_of(conn: sqlite3.Connection) -> Path:

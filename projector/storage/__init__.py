@@ -1,0 +1,1 @@
+"""Storage: one port (`port`), an adapter per engine (`sqlite`, `postgres`), shared read SQL."""
