@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -18,10 +17,9 @@ from projector.cliargs import EPILOGS, flag_argument, log_position, package_vers
 from projector.config import ConfigError, Settings, load_settings, normalise_environment
 from projector.logs import configure_logging
 from projector.sender import send_bodies, terminal_progress
-from projector.storage.engine import check_location, open_reads
-from projector.storage.port import LogSchemaError, StorageUnavailable
+from projector.storage.engine import NOT_A_DATABASE, check_location, open_reads
+from projector.storage.port import LogSchemaError, RebuildSuperseded, StorageUnavailable
 from projector.storage.rows import RowsDoNotContinue
-from projector.storage.sqlite import replay
 
 EXIT_CONFIG = 2
 
@@ -276,14 +274,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"projector: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     # Only start-up errors reach here; the service handles its own.
-    except sqlite3.DatabaseError as exc:
+    except NOT_A_DATABASE as exc:
         print(
             f"projector: cannot use the database ({exc}); check that PROJECTOR_DB names a "
             "refold-projector SQLite file (or a new one) in a folder you can write to",
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    except (replay.RebuildSuperseded, integrity.LogNotIntact) as exc:
+    except (RebuildSuperseded, integrity.LogNotIntact) as exc:
         print(f"projector: {exc}", file=sys.stderr)
         return 1
 

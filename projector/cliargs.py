@@ -49,7 +49,10 @@ def package_version() -> str:
 
 
 _LOGS = "  PROJECTOR_LOG_FORMAT, PROJECTOR_LOG_LEVEL  how its log lines look, and how many\n"
-_DB = "  PROJECTOR_DB           the SQLite file (default data/projector.sqlite3)\n"
+_DB = (
+    "  PROJECTOR_DB           a SQLite file (default data/projector.sqlite3) or a\n"
+    "                         postgresql://user:password@host:port/dbname URL\n"
+)
 _CONFIG_ERROR = "  2  a configuration error, named in one line (nothing was done)\n"
 
 

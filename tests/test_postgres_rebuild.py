@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from projector.storage.location import PostgresUrl
-from projector.storage.port import LogSchemaError
+from projector.storage.port import LogSchemaError, RebuildSuperseded
 from projector.storage.postgres import PostgresStorage, rebuild, schema
 from projector.storage.postgres.connect import connect
 from tests.postgres_support import fold_all, fresh_database, opened, positions, query, read_models
@@ -101,7 +101,7 @@ async def test_an_older_rebuild_stops_when_a_newer_one_claims(pg_url: PostgresUr
     try:
         generation, _ = await rebuild._claim(older)
         assert await rebuild.rebuild(newer) == 30
-        with pytest.raises(rebuild.RebuildSuperseded, match=f"rebuild {generation} stops"):
+        with pytest.raises(RebuildSuperseded, match=f"rebuild {generation} stops"):
             await rebuild._check_claim(older, generation)
     finally:
         await older.close()

@@ -35,6 +35,10 @@ OPEN_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# A SQLite file that is not a refold-projector database (or no database at all).
+NOT_A_DATABASE: tuple[type[Exception], ...] = (sqlite3.DatabaseError,)
+
+
 def unusable(location: Location, reason: str) -> ConfigError:
     """The error for a PROJECTOR_DB that cannot be used: names it (never a password)."""
     if isinstance(location, Path):

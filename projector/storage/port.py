@@ -29,6 +29,10 @@ class StorageUnavailable(Exception):
     """
 
 
+class RebuildSuperseded(Exception):
+    """A newer rebuild started while this one ran; the newer one carries on alone."""
+
+
 class LogSchemaError(Exception):
     """The database was written by another version of refold-projector."""
 

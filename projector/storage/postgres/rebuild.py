@@ -14,6 +14,7 @@ import structlog
 from projector import integrity
 from projector.events import format_instant
 from projector.readmodels import READ_MODELS
+from projector.storage.port import RebuildSuperseded
 from projector.storage.postgres import folding, schema
 from projector.storage.postgres.connect import CONNECTION_ERRORS, Connection
 from projector.storage.postgres.projector import FOLDED_CHANNEL
@@ -32,10 +33,6 @@ SWAP_ATTEMPTS = 5
 STARTUP_REBUILD_LOCK = 0x726566_6F6C6402  # "refold" 2
 STARTUP_WAIT_SECONDS = 3600.0
 _ALL = {model.name for model in READ_MODELS}
-
-
-class RebuildSuperseded(Exception):
-    """A newer rebuild started while this one ran; the newer one carries on alone."""
 
 
 class SwapBlocked(Exception):

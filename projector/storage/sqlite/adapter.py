@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections.abc import Callable, Hashable, Sequence
 from functools import partial
 from pathlib import Path
@@ -153,8 +152,3 @@ class SqliteMaintenance:
 
     async def close(self) -> None:
         self._conn.close()
-
-
-def is_database_error(exc: BaseException) -> bool:
-    """Whether `exc` is SQLite saying the file is not a usable database."""
-    return isinstance(exc, sqlite3.DatabaseError)

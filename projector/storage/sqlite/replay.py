@@ -16,6 +16,7 @@ import structlog
 
 from projector.events import format_instant, parse_change
 from projector.readmodels import READ_MODELS, FoldError, ReadModel, read_changes
+from projector.storage.port import RebuildSuperseded
 from projector.storage.rows import LoggedDelivery
 from projector.storage.sqlite import chain, log, tables
 from projector.storage.sqlite.log import insert_many
@@ -24,10 +25,6 @@ from projector.storage.sqlite.projection import fold_changes, prepare, record_er
 logger = structlog.get_logger("projector.replay")
 
 REBUILD_SUFFIX = "__rebuild"
-
-
-class RebuildSuperseded(Exception):
-    """A newer rebuild started while this one ran; the newer one carries on alone."""
 
 
 # Read-model rows per rebuild transaction: each holds the write lock for a few
