@@ -390,3 +390,8 @@ def test_a_change_stream_is_counted_when_it_ends_but_never_timed(db_path: Path) 
         assert value(samples, "projector_http_request_seconds_count", route="/metrics") >= 1
     finally:
         assert service.stop() == 0
+
+
+async def test_the_one_sqlite_process_reports_that_it_folds(client: TestClient) -> None:
+    samples = parsed(await (await client.get("/metrics", headers=AUTH)).text())
+    assert value(samples, "projector_folding") == 1.0

@@ -6,11 +6,15 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from projector.app import build_app
+from projector.config import load_settings
 from projector.storage.location import PostgresUrl
 from projector.storage.port import Overloaded
 from tests.postgres_support import eventually, fold_all, fresh_database, opened, query
 from tests.storage_support import sample_deliveries
+from tests.support import AUTH, READ_TOKEN, SIGNING_KEYS
 
 
 @pytest.fixture
@@ -94,3 +98,29 @@ async def test_a_fold_in_another_process_tells_this_one_its_read_models_changed(
             return bool(told)
 
         assert await eventually(heard)
+
+
+async def test_exactly_one_of_two_services_reports_folding_in_its_metrics(
+    pg_url: PostgresUrl,
+) -> None:
+    """/metrics' projector_folding is 1 in the lease holder and 0 in the other process."""
+    settings = load_settings(db=pg_url.url, signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN)
+    async with (
+        TestClient(TestServer(build_app(settings))) as first,
+        TestClient(TestServer(build_app(settings))) as second,
+    ):
+
+        async def folding() -> list[float]:
+            values = []
+            for client in (first, second):
+                text = await (await client.get("/metrics", headers=AUTH)).text()
+                (line,) = [row for row in text.splitlines() if row.startswith("projector_folding ")]
+                values.append(float(line.split()[1]))
+            return values
+
+        # Whoever claims the lease first (within a second or two of start) folds.
+        for _ in range(100):  # bounded: 10 s
+            if sum(await folding()) == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert sorted(await folding()) == [0.0, 1.0]
