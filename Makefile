@@ -45,7 +45,7 @@ reliability: $(STAMP)
 
 # The service against its baselines (BENCHMARKS.md); needs wrk (Debian: apt-get install wrk).
 # The first run builds 250k- and 1M-delivery logs under bench-results/ (a few minutes).
-# Then ingest with a 2 ms fsync (an LD_PRELOAD shim built with gcc; about 2 minutes), and
+# Then ingest with a 2 ms fsync (an LD_PRELOAD shim built with gcc; about 4 minutes), and
 # the PostgreSQL part (pgbench too), when a server answers at PROJECTOR_TEST_POSTGRES.
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run

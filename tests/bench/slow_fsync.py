@@ -152,7 +152,8 @@ def table(summary: dict[str, Figures], rounds: list[dict[str, Figures]], ms: flo
     lines.append(f"{'headline ratio':44} {'target':>8}   median ratio (each round's ratio)")
     for label, suffix, target in (
         ("ingest service / naive, this disk", "plain", ">= 1.5"),
-        (f"ingest service / naive, {ms:g} ms fsync", "slow", ">= 10"),
+        # The target is set for a 2 ms flush; other delays are context.
+        (f"ingest service / naive, {ms:g} ms fsync", "slow", ">= 10" if ms == 2 else "-"),
     ):
         service, baseline = (f"ingest_service_{suffix}", "rate"), (f"ingest_naive_{suffix}", "rate")
         ratio = probes.ratio(summary, rounds, service, baseline)
