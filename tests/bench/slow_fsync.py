@@ -100,6 +100,8 @@ def check_shim(work: Path, ms: float) -> Figures:
 
 
 def baseline(kind: str) -> Callable[[Path, dict[str, str]], Server]:
+    """A starter for one of tests.bench.baselines' storing kinds, on its own database."""
+
     def start(work: Path, extra: dict[str, str]) -> Server:
         db, log = work / f"{kind}.sqlite3", work / f"{kind}.log"
         command = [sys.executable, "-m", "tests.bench.baselines", kind, "--db", str(db)]
@@ -114,9 +116,8 @@ def service(work: Path, extra: dict[str, str]) -> Server:
     return Server([sys.executable, "-m", "projector.cli", "serve"], env, log)
 
 
-def ingest_pair(work: Path, bodies: Path, seconds: float, ms: float) -> dict[str, Figures]:
-    """naive, naive-serial, then the service, each on a fresh database, each flush delayed by
-    `ms`."""
+def ingest_runs(work: Path, bodies: Path, seconds: float, ms: float) -> dict[str, Figures]:
+    """naive, naive-serial, then the service, each on a fresh database, flushes delayed `ms`."""
     suffix = "slow" if ms else "plain"
     out: dict[str, Figures] = {}
     for name, start, ready in (
@@ -189,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     flushes = check_shim(work, args.ms)
     rounds: list[dict[str, Figures]] = []
     for number in range(1, args.rounds + 1):
-        figures = ingest_pair(work, bodies, args.seconds, 0)
-        figures.update(ingest_pair(work, bodies, args.seconds, args.ms))
+        figures = ingest_runs(work, bodies, args.seconds, 0)
+        figures.update(ingest_runs(work, bodies, args.seconds, args.ms))
         rounds.append(figures)
         print(f"round {number}: {json.dumps(figures)}", flush=True)
     summary = summarise(rounds)
