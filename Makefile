@@ -45,9 +45,11 @@ reliability: $(STAMP)
 
 # The service against its baselines (BENCHMARKS.md); needs wrk (Debian: apt-get install wrk).
 # The first run builds 250k- and 1M-delivery logs under bench-results/ (a few minutes).
-# Then the PostgreSQL part (pgbench too), when a server answers at PROJECTOR_TEST_POSTGRES.
+# Then ingest with a 2 ms fsync (an LD_PRELOAD shim built with gcc; about 4 minutes), and
+# the PostgreSQL part (pgbench too), when a server answers at PROJECTOR_TEST_POSTGRES.
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run
+	$(BIN)/python -m tests.bench.slow_fsync --ms 2
 	$(BIN)/python -m tests.bench.postgres --if-server
 
 schemas: $(STAMP)

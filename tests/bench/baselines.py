@@ -5,7 +5,11 @@ verified: bare, plus the service's own signature check; stores nothing.
 parsed:   verified, plus the service's own parse of the body; stores nothing. No service
           that verifies and parses like this one can ingest faster: its ceiling.
 naive:    what most users write first: verify, one aiosqlite INSERT + COMMIT per request.
-python -m tests.bench.baselines bare|verified|parsed|naive --port P [--db FILE]
+          Concurrent requests share aiosqlite's one queue, so an INSERT queued before another
+          request's COMMIT rides in that commit: naive group-commits by accident.
+naive-serial: naive with a lock around INSERT + COMMIT: one transaction, one flush, per
+          delivery (context for the slow-fsync run).
+python -m tests.bench.baselines bare|verified|parsed|naive|naive-serial --port P [--db FILE]
 """
 
 from __future__ import annotations
@@ -69,8 +73,9 @@ def ceiling_app(keys: tuple[SigningKey, ...], parse: bool) -> web.Application:
     return app
 
 
-def naive_app(db: Path, keys: tuple[SigningKey, ...]) -> web.Application:
+def naive_app(db: Path, keys: tuple[SigningKey, ...], serial: bool = False) -> web.Application:
     app = web.Application()
+    one_at_a_time = asyncio.Lock()
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         conn = await aiosqlite.connect(db)
@@ -90,16 +95,23 @@ def naive_app(db: Path, keys: tuple[SigningKey, ...]) -> web.Application:
         if match is None:
             return web.Response(status=401)
         conn: aiosqlite.Connection = request.app["conn"]
-        await conn.execute(
-            "INSERT INTO deliveries (environment, body) VALUES (?, ?)",
-            (match.key.environment, body),
-        )
-        await conn.commit()
+        if serial:
+            async with one_at_a_time:
+                await insert(conn, match.key.environment, body)
+        else:
+            await insert(conn, match.key.environment, body)
         return web.Response(body=OK, content_type="application/json")
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/webhooks/refold", post)
     return app
+
+
+async def insert(conn: aiosqlite.Connection, environment: str, body: bytes) -> None:
+    await conn.execute(
+        "INSERT INTO deliveries (environment, body) VALUES (?, ?)", (environment, body)
+    )
+    await conn.commit()
 
 
 async def serve(app: web.Application, port: int) -> None:
@@ -116,7 +128,7 @@ async def serve(app: web.Application, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=("bare", "verified", "parsed", "naive"))
+    parser.add_argument("kind", choices=("bare", "verified", "parsed", "naive", "naive-serial"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db", type=Path)
     args = parser.parse_args(argv)
@@ -126,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.kind in ("verified", "parsed"):
         app = ceiling_app(keys, parse=args.kind == "parsed")
     else:
-        app = naive_app(args.db, keys)
+        app = naive_app(args.db, keys, serial=args.kind == "naive-serial")
     run_event_loop(serve(app, args.port))
     return 0
 

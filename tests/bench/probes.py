@@ -118,7 +118,7 @@ def _value(summary: dict[str, Any], run: str, figure: str) -> float | None:
     return None if entry is None else float(entry["median"])
 
 
-def _ratio(
+def ratio(
     summary: dict[str, Any],
     rounds: list[dict[str, Any]],
     top: tuple[str, str],
@@ -167,7 +167,7 @@ def table(summary: dict[str, Any], rounds: list[dict[str, Any]], size: int) -> s
     lines.append("")
     lines.append(f"{'headline ratio':32} {'target':>8}   median ratio (each round's ratio)")
     for label, top, bottom, target in checks:
-        lines.append(f"{label:32} {target:>8}   {_ratio(summary, rounds, top, bottom)}")
+        lines.append(f"{label:32} {target:>8}   {ratio(summary, rounds, top, bottom)}")
     for label, run, figure, target in (
         ("ingest p99 at half rate, ms", "ingest_service_half", "p99_ms", "<= 10"),
         ("projection lag p99, ms", "ingest_service_half", "lag_p99_ms", "<= 100"),
