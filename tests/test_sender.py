@@ -8,8 +8,10 @@ import json
 import os
 import pty
 import re
+import select
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,10 +135,21 @@ def test_progress_goes_to_a_terminal_only() -> None:
         assert isinstance(progress, TerminalProgress)
         progress(SendReport(sent=5, accepted=4, failed=["line 2: HTTP 400"]))
         progress.end()
-        assert os.read(controller, 1000).replace(b"\r\n", b"\n") == (
+        assert read_line(controller).replace(b"\r\n", b"\n") == (
             b"\rsent 5, accepted 4, failed 1\n"
         )
     os.close(controller)
+
+
+def read_line(controller: int) -> bytes:
+    """What a pty's terminal side wrote, up to its newline: the kernel may pass it on in parts."""
+    read = b""
+    deadline = time.monotonic() + 5
+    while not read.endswith(b"\n") and time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.1)
+        if ready:
+            read += os.read(controller, 1000)
+    return read
 
 
 def test_ending_progress_that_never_showed_writes_nothing() -> None:
