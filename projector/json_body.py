@@ -72,8 +72,8 @@ def _nests_deeper_than(value: Any, limit: int) -> bool:
 
 
 # The fast path's guards read one translation of the body, with every digit made `0`, `,` and
-# `[` made `!`, 0xED made NUL, and whitespace and `-` deleted (deleting only joins bytes).
-_SHAPE = bytes.maketrans(b"0123456789,[\xed", b"0000000000!!\x00")
+# `[` made `!`, 0xED and `\\` made NUL, and whitespace and `-` deleted (which only joins bytes).
+_SHAPE = bytes.maketrans(b"0123456789,[\xed\\", b"0000000000!!\x00\x00")
 _NOT_IN_SHAPE = b" \t\n\r-"
 # An integer of 19 digits or more may be past 64 bits, where orjson gives a float. Such a token
 # starts after `:`, `,` or `[`, whitespace and a sign; the same bytes in a string only cost a
@@ -98,10 +98,11 @@ def fast_json_object(body: bytes) -> dict[str, Any] | None:
     None means "ask the strict read", which stays the authority for every flag.
     """
     # Excluded by their bytes, each a case where orjson can accept what the strict read does
-    # not, or read it differently: \u escapes (U+0000, surrogates), NUL (UTF-16/32 bodies),
-    # 0xED (surrogates in UTF-8), a BOM, deep nesting, and integers past 64 bits.
+    # not, or read it differently: escapes (\u0000, surrogates; one search finds every `\\`,
+    # and payloads seldom hold one), NUL (UTF-16/32 bodies), 0xED (surrogates in UTF-8), a
+    # BOM, deep nesting, and integers past 64 bits.
     shape = body.translate(_SHAPE, _NOT_IN_SHAPE)
-    if b"\x00" in shape or b"\\u" in shape or body.startswith(b"\xef\xbb\xbf"):
+    if b"\x00" in shape or body.startswith(b"\xef\xbb\xbf"):
         return None
     objects = body.count(b"{")
     if objects + body.count(b"[") > MAX_DEPTH:
