@@ -6,6 +6,8 @@ import json
 import re
 from typing import Any
 
+import orjson
+
 # Refold payloads nest a few levels. A body nested deeper is not JSON to us even where
 # Python's parser takes it (up to ~1000 levels): pydantic cannot serialise such a payload
 # (past ~255), so one delivery would break every audit answer that includes it.
@@ -69,8 +71,68 @@ def _nests_deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+# The fast path's guards read one translation of the body, with every digit made `0`, `,` and
+# `[` made `!`, 0xED and `\\` made NUL, and whitespace and `-` deleted (which only joins bytes).
+_SHAPE = bytes.maketrans(b"0123456789,[\xed\\", b"0000000000!!\x00\x00")
+_NOT_IN_SHAPE = b" \t\n\r-"
+# An integer of 19 digits or more may be past 64 bits, where orjson gives a float. Such a token
+# starts after `:`, `,` or `[`, whitespace and a sign; the same bytes in a string only cost a
+# fallback to the strict read.
+_LONG_INTEGERS = (b":" + b"0" * 19, b"!" + b"0" * 19)
+
+
+def _keys_in(value: dict[str, Any]) -> int:
+    """How many keys the objects in `value` hold, all depths counted (walked, not recursed)."""
+    count, stack = 0, [value]  # type: int, list[Any]
+    while stack:
+        item = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        count += len(item) if isinstance(item, dict) else 0
+        stack.extend(child for child in children if isinstance(child, dict | list))
+    return count
+
+
+def fast_json_object(body: bytes) -> dict[str, Any] | None:
+    """The body read by orjson when that is provably what the strict read gives, else None.
+
+    None means "ask the strict read", which stays the authority for every flag.
+    """
+    # Excluded by their bytes, each a case where orjson can accept what the strict read does
+    # not, or read it differently: escapes (\u0000, surrogates; one search finds every `\\`,
+    # and payloads seldom hold one), NUL (UTF-16/32 bodies), 0xED (surrogates in UTF-8), a
+    # BOM, deep nesting, and integers past 64 bits.
+    shape = body.translate(_SHAPE, _NOT_IN_SHAPE)
+    if b"\x00" in shape or body.startswith(b"\xef\xbb\xbf"):
+        return None
+    objects = body.count(b"{")
+    if objects + body.count(b"[") > MAX_DEPTH:
+        return None
+    if _LONG_INTEGERS[0] in shape or _LONG_INTEGERS[1] in shape:
+        return None
+    try:
+        parsed = orjson.loads(body)  # NaN, Infinity, bad UTF-8, control characters: raises
+    except orjson.JSONDecodeError:
+        return None
+    if type(parsed) is not dict:
+        return None
+    # orjson keeps a repeated key's last value silently, so it holds fewer keys than the text
+    # writes. Each key's `:` follows its closing `"` (whitespace deleted): so `":` in the shape
+    # bounds the keys written from above, and keys held == that bound proves none repeated.
+    # One `{` in the text means one object: no walk.
+    held = len(parsed) if objects == 1 else _keys_in(parsed)
+    return parsed if held == shape.count(b'":') else None
+
+
 def load_json_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """The body as a JSON object (or None), and the flag that says what is wrong with it."""
+    fast = fast_json_object(body)
+    if fast is not None:
+        return fast, None
+    return strict_json_object(body)
+
+
+def strict_json_object(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """`load_json_object` by Python's json module: the authority the fast path must match."""
     try:
         # What json.loads does with bytes, on the shared decoder.
         parsed = _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))

@@ -38,9 +38,9 @@ async def serve(settings: Settings, seed: list[bytes] | None) -> None:
         ) from None
     url = f"http://{settings.host}:{settings.port}"
     storage = runner.app[STORAGE]
-    logger.info("listening", url=url, db=storage.description)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    logger.info("listening", url=url, db=storage.description, event_loop=_loop_name(loop))
+    stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     if seed is not None:
@@ -51,6 +51,11 @@ async def serve(settings: Settings, seed: list[bytes] | None) -> None:
     # Stops accepting, lets in-flight deliveries finish and commit, then closes the log.
     await runner.cleanup()
     logger.info("stopped")
+
+
+def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """`uvloop` or `asyncio`: which loop runs the service, for its first log line."""
+    return type(loop).__module__.split(".")[0]
 
 
 def _print_welcome(settings: Settings, url: str) -> None:
@@ -86,5 +91,12 @@ async def _seed(settings: Settings, reads: Reads, url: str, bodies: list[bytes])
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run the server's event loop; the benchmark's baselines run on the same one."""
-    asyncio.run(main)
+    """Run `main` on uvloop, or asyncio's own loop without it; the benchmark's baselines too."""
+    # uvloop (libuv) turns the loop's own work per request into compiled code; it is a
+    # dependency, so asyncio's loop is only for an install that cannot build it.
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
