@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -31,46 +32,57 @@ WORKFLOW_EVENTS = (
     ("Workflow Errored", "ERRORED"),
     ("Workflow Stopped", "STOPPED"),
 )
-START = datetime(2026, 6, 1, tzinfo=UTC)
 # Every tenth delivery repeats the body sent five before it, as Refold's retries do.
 REPEAT_EVERY, REPEAT_DISTANCE = 10, 5
 
 
-def _first_body(i: int) -> tuple[str, bytes]:
-    rng = random.Random(i)
-    environment = "test" if i % 3 == 0 else "live"
-    account = f"acct_{rng.randrange(300)}"
-    if rng.random() < 0.6:
-        payload: dict[str, object] = {
-            "linked_account_id": account,
-            "org_id": "645270e37917442c4307297a",
-            "environment": environment,
-            "type": "General",
-            "event": rng.choice(CONNECTION_EVENTS),
-            "slug": rng.choice(SLUGS),
-            # Two deliveries per second: same-second ties are common, as in real streams.
-            "createdAt": format_datetime(START + timedelta(seconds=i // 2), usegmt=True),
-        }
-    else:
-        event, status = rng.choice(WORKFLOW_EVENTS)
-        payload = {
-            "linked_account_id": account,
-            "instance_id": f"{rng.randrange(2000):024x}",
-            "workflow_id": "d09fe2930ddf3e1d94ed1f68",
-            "event": event,
-            "workflow_name": "Sync Deals",
-            "status": status,
-            "environment": environment,
-            "attempt": i,
-        }
-    return environment, json.dumps(payload, separators=(",", ":")).encode()
+@dataclass(frozen=True)
+class Deliveries:
+    """Delivery `i` as a pure function of `i`, so a checker can regenerate every body sent."""
+
+    start: datetime
+    accounts: int
+    runs: int
+    per_second: int  # deliveries sharing one createdAt second
+
+    def _first_body(self, i: int) -> tuple[str, bytes]:
+        rng = random.Random(i)
+        environment = "test" if i % 3 == 0 else "live"
+        account = f"acct_{rng.randrange(self.accounts)}"
+        if rng.random() < 0.6:
+            created = self.start + timedelta(seconds=i // self.per_second)
+            payload: dict[str, object] = {
+                "linked_account_id": account,
+                "org_id": "645270e37917442c4307297a",
+                "environment": environment,
+                "type": "General",
+                "event": rng.choice(CONNECTION_EVENTS),
+                "slug": rng.choice(SLUGS),
+                "createdAt": format_datetime(created, usegmt=True),
+            }
+        else:
+            event, status = rng.choice(WORKFLOW_EVENTS)
+            payload = {
+                "linked_account_id": account,
+                "instance_id": f"{rng.randrange(self.runs):024x}",
+                "workflow_id": "d09fe2930ddf3e1d94ed1f68",
+                "event": event,
+                "workflow_name": "Sync Deals",
+                "status": status,
+                "environment": environment,
+                "attempt": i,
+            }
+        return environment, json.dumps(payload, separators=(",", ":")).encode()
+
+    def __call__(self, i: int) -> tuple[str, bytes]:
+        """The environment and exact body of delivery number `i`."""
+        if i % REPEAT_EVERY == REPEAT_EVERY - 1:
+            return self._first_body(i - REPEAT_DISTANCE)
+        return self._first_body(i)
 
 
-def delivery(i: int) -> tuple[str, bytes]:
-    """The environment and exact body of delivery number `i`."""
-    if i % REPEAT_EVERY == REPEAT_EVERY - 1:
-        return _first_body(i - REPEAT_DISTANCE)
-    return _first_body(i)
+# Two deliveries per second: same-second ties are common, as in real streams.
+delivery = Deliveries(datetime(2026, 6, 1, tzinfo=UTC), accounts=300, runs=2000, per_second=2)
 
 
 async def post_until_stopped(

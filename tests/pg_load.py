@@ -9,66 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
+from datetime import UTC, datetime
 
 import aiohttp
 
 from projector.signature import SIGNATURE_HEADER, sign_body
+from tests.crash_load import Deliveries
 from tests.support import KEY_BY_ENVIRONMENT
 
-SLUGS = ("hubspot", "slack", "gmail", "salesforce")
-CONNECTION_EVENTS = ("Connection Created", "Connection Deleted", "Connection Expired")
-WORKFLOW_EVENTS = (
-    ("Workflow Completed", "COMPLETED"),
-    ("Workflow Errored", "ERRORED"),
-    ("Workflow Stopped", "STOPPED"),
-)
-START = datetime(2026, 7, 1, tzinfo=UTC)
-REPEAT_EVERY, REPEAT_DISTANCE = 10, 5
 # Longer than the service's own bound on a commit (10 s): a request still open past this hung.
 REQUEST_SECONDS = 20.0
-
-
-def _first_body(i: int) -> tuple[str, bytes]:
-    rng = random.Random(i)
-    environment = "test" if i % 3 == 0 else "live"
-    account = f"acct_{rng.randrange(60)}"  # few accounts: folds update the same rows often
-    if rng.random() < 0.6:
-        payload: dict[str, object] = {
-            "linked_account_id": account,
-            "org_id": "645270e37917442c4307297a",
-            "environment": environment,
-            "type": "General",
-            "event": rng.choice(CONNECTION_EVENTS),
-            "slug": rng.choice(SLUGS),
-            # One second apart: no two numbers share a body, however the choices fall.
-            "createdAt": format_datetime(START + timedelta(seconds=i), usegmt=True),
-        }
-    else:
-        event, status = rng.choice(WORKFLOW_EVENTS)
-        payload = {
-            "linked_account_id": account,
-            "instance_id": f"{rng.randrange(400):024x}",
-            "workflow_id": "d09fe2930ddf3e1d94ed1f68",
-            "event": event,
-            "workflow_name": "Sync Deals",
-            "status": status,
-            "environment": environment,
-            "attempt": i,
-        }
-    return environment, json.dumps(payload, separators=(",", ":")).encode()
-
-
-def delivery(i: int) -> tuple[str, bytes]:
-    """The environment and exact body of delivery number `i`."""
-    if i % REPEAT_EVERY == REPEAT_EVERY - 1:
-        return _first_body(i - REPEAT_DISTANCE)
-    return _first_body(i)
+# Few accounts, so folds update the same rows often; one second apart, so no two numbers
+# share a body however the choices fall.
+delivery = Deliveries(datetime(2026, 7, 1, tzinfo=UTC), accounts=60, runs=400, per_second=1)
 
 
 @dataclass(frozen=True)
