@@ -9,13 +9,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Self
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from projector.signature import SIGNATURE_HEADER, sign_body
@@ -171,3 +174,39 @@ def wait_projected_http(base_url: str, timeout: float = 30) -> dict[str, object]
         if time.monotonic() > deadline:
             raise AssertionError(f"projections did not catch up in {timeout}s: {state}")
         time.sleep(0.05)
+
+
+class ThreadedSite:
+    """An aiohttp app on 127.0.0.1, in a thread and loop of its own, for a fake of a peer.
+
+    A subclass adds its routes in `add_routes`; `released` ends any answer it holds back.
+    """
+
+    url: str
+
+    def add_routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=10)
+        return self
+
+    async def _start(self) -> None:
+        self.released = asyncio.Event()
+        app = web.Application()
+        self.add_routes(app)
+        self.runner = web.AppRunner(app, shutdown_timeout=1)
+        await self.runner.setup()
+        port = free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.released.set)
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()

@@ -9,7 +9,6 @@ import re
 import socket
 import sqlite3
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.support import (
     REPO,
     TEST_KEY,
     Service,
+    ThreadedSite,
     free_port,
     run_cli,
     service_env,
@@ -41,7 +41,7 @@ LINE = re.compile(r"^(ok|FAIL|skip) +([^:]+): (.*)$")
 
 
 @dataclass
-class FakeSite:
+class FakeSite(ThreadedSite):
     """A service's public side and an alert receiver on 127.0.0.1, in a thread of its own."""
 
     health_status: int = 200
@@ -67,30 +67,9 @@ class FakeSite:
         self.alerts.append((request.content_type, await request.json()))
         return web.Response(status=self.alert_status, text=self.alert_body)
 
-    def __enter__(self) -> FakeSite:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=10)
-        return self
-
-    async def _start(self) -> None:
-        self.released = asyncio.Event()
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_post("/services/{secret:.+}", self.alert)
-        self.runner = web.AppRunner(app, shutdown_timeout=1)
-        await self.runner.setup()
-        port = free_port()
-        await web.TCPSite(self.runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.released.set)
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
 
 
 @pytest.fixture

@@ -8,12 +8,10 @@ answers carry `_id`, `environment`, `webhook_url`, `webhook_events`, `is_enabled
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import re
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,15 @@ import pytest
 from aiohttp import web
 
 from projector.subscriptions import FOLDED_EVENTS, Subscription, plan_subscription
-from tests.support import LIVE_KEY, LIVE_OLD_KEY, TEST_KEY, free_port, run_cli, service_env
+from tests.support import (
+    LIVE_KEY,
+    LIVE_OLD_KEY,
+    TEST_KEY,
+    ThreadedSite,
+    free_port,
+    run_cli,
+    service_env,
+)
 
 PATH = "/api/v2/public/webhook"
 URL = "https://projector.example.com/webhooks/refold"
@@ -35,7 +41,7 @@ assert "Workflow Timed Out" in FOLDED_EVENTS
 
 
 @dataclass
-class FakeRefold:
+class FakeRefold(ThreadedSite):
     """Refold's webhook API on 127.0.0.1, in a thread of its own; records every request."""
 
     keys: dict[str, str] = field(default_factory=lambda: {TEST_KEY: "test", LIVE_KEY: "live"})
@@ -119,30 +125,9 @@ class FakeRefold:
             return '"webhook_events" must contain at least 1 item'
         return None
 
-    def __enter__(self) -> FakeRefold:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=10)
-        return self
-
-    async def _start(self) -> None:
-        self.released = asyncio.Event()
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", PATH, self.handle)
         app.router.add_route("*", PATH + "/{id}", self.handle)
-        self.runner = web.AppRunner(app, shutdown_timeout=1)
-        await self.runner.setup()
-        port = free_port()
-        await web.TCPSite(self.runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.released.set)
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
 
 
 @pytest.fixture
