@@ -68,11 +68,12 @@ def storage_for(
 ) -> Storage:
     """The storage `projector serve` runs on; `open()` connects it."""
     if isinstance(location, PostgresUrl):
-        storage = PostgresStorage(
-            location, max_pending=max_pending, on_read_models_changed=on_read_models_changed
+        return PostgresStorage(
+            location,
+            max_pending=max_pending,
+            on_read_models_changed=on_read_models_changed,
+            on_batch=on_batch,
         )
-        storage.log.on_batch = on_batch
-        return storage
     return SqliteStorage(
         location,
         max_pending=max_pending,

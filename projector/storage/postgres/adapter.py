@@ -56,6 +56,7 @@ class PostgresStorage:
         *,
         max_pending: int,
         on_read_models_changed: Callable[[], None] = lambda: None,
+        on_batch: Callable[[int], None] = lambda size: None,
         lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.description = str(url)
@@ -65,7 +66,9 @@ class PostgresStorage:
             url, self._pool, lease_seconds=lease_seconds, on_folded_elsewhere=on_read_models_changed
         )
         # A local commit wakes this process's projector at once; others hear the NOTIFY.
-        self.log = PostgresLog(url, max_pending=max_pending, on_commit=self.projector.wake)
+        self.log = PostgresLog(
+            url, max_pending=max_pending, on_batch=on_batch, on_commit=self.projector.wake
+        )
         self.reads = SqlReads(PostgresReads(url, self._pool).fetch, POSTGRES)
         self.alerts = PostgresOutbox(url, self.projector)
 
