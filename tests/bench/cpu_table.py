@@ -189,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2] if ordered else 0.0
+    ordered, middle = sorted(values), len(values) // 2
+    if not ordered:
+        return 0.0
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def render(runs: list[dict[str, Any]]) -> str:
