@@ -187,6 +187,12 @@ def table(summary: dict[str, Any], rounds: list[dict[str, Any]], size: int) -> s
             ("get_naive_read", "rate"),
             ">= 2",
         ),
+        (
+            "  CPU/request: naive / cold banner",
+            ("get_naive_read", "server_cpu_us"),
+            ("get_banner", "server_cpu_us"),
+            "-",
+        ),
         ("banner GET hot / bare GET", ("get_banner_hot", "rate"), ("get_bare", "rate"), ">= 0.5"),
         ("banner 304 / bare GET", ("get_banner_304", "rate"), ("get_bare", "rate"), "-"),
     ]

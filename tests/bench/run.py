@@ -83,9 +83,13 @@ def baseline(kind: str, log: Path, db: Path | None = None) -> Server:
     return Server(command, service_env(db or log), log)
 
 
-def wrk(url: str, script: str, args: list[str], seconds: float) -> Figures:
-    """One wrk run (one thread, 64 connections); its figures plus the CPU wrk itself used."""
+def wrk(
+    url: str, script: str, args: list[str], seconds: float, server: Server | None = None
+) -> Figures:
+    """One wrk run (one thread, 64 connections); its figures plus the CPU wrk itself used,
+    and with `server` the server's CPU per request (µs, all its threads)."""
     command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{round(seconds)}s", "-s", str(BENCH / script)]
+    served = process_cpu(server.process.pid) if server else 0.0
     process = subprocess.Popen(
         [*command, url, "--", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -95,7 +99,17 @@ def wrk(url: str, script: str, args: list[str], seconds: float) -> Figures:
         raise RuntimeError(f"wrk failed: {output}")
     figures: Figures = json.loads(output.strip().splitlines()[-1])
     figures["load_cpu"] = round((usage.ru_utime + usage.ru_stime) / figures["seconds"], 3)
+    if server and figures["requests"]:
+        served = process_cpu(server.process.pid) - served
+        figures["server_cpu_us"] = served / figures["requests"] * 1e6
     return figures
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far, all threads."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_child(command: list[str], env: dict[str, str], cwd: Path = REPO) -> Figures:
@@ -180,11 +194,11 @@ def query_round(db: Path, work: Path, seconds: float) -> dict[str, Figures]:
     # Cold: 25,000 accounts in turn, more than a run reaches, so every answer is read from
     # the database. Hot: 200 accounts, answered from the answer cache after the first pass.
     cold, hot = "25000", "200"
-    out["get_bare"] = wrk(bare.url, "get.lua", [READ_TOKEN, cold], seconds)
+    out["get_bare"] = wrk(bare.url, "get.lua", [READ_TOKEN, cold], seconds, bare)
     bare.stop()
     server = service(db, work / "service.log")
     out["startup"] = {"seconds": server.wait_ready("/healthz")}
-    out["get_banner"] = wrk(server.url, "get.lua", [READ_TOKEN, cold], seconds)
+    out["get_banner"] = wrk(server.url, "get.lua", [READ_TOKEN, cold], seconds, server)
     probes.write_etags(server.url, READ_TOKEN, work / "warm.txt", int(hot))  # warm the cache
     out["get_banner_hot"] = wrk(server.url, "get.lua", [READ_TOKEN, hot], seconds)
     etags = probes.write_etags(server.url, READ_TOKEN, work / "etags.txt", 2000)
@@ -193,7 +207,7 @@ def query_round(db: Path, work: Path, seconds: float) -> dict[str, Figures]:
     # After the service: its start-up has made the read-model tables on a fresh log.
     naive = baseline("naive-read", work / "naive-read.log", db)
     naive.wait_ready()
-    out["get_naive_read"] = wrk(naive.url, "get.lua", [READ_TOKEN, cold], seconds)
+    out["get_naive_read"] = wrk(naive.url, "get.lua", [READ_TOKEN, cold], seconds, naive)
     naive.stop()
     return out
 
