@@ -7,10 +7,10 @@ Starts the service (as `make bench` does), drives it with wrk's post.lua at full
 - the deliveries stored, from the log's highest seq at both ends of the window;
 - two py-spy recordings of the same window, side by side:
   `py-spy record --pid P --rate 250 --duration S --format raw --threads --nonblocking`
-  samples every thread that is running (idle ones, in epoll or waiting for a lock or the
-  GIL, are left out), so each component's share of a thread's samples, times the thread's
-  /proc CPU, is the component's CPU; SQLite's time is charged to the Python call that ran
-  the statement. The same command with `--gil` records only the thread holding the GIL:
+  samples every thread py-spy finds active (not idle in epoll or on a lock), so each
+  component's share of a thread's samples, times the thread's /proc CPU, is the
+  component's CPU; SQLite's time is charged to the Python call that ran the statement.
+  The same command with `--gil` records only the thread holding the GIL:
   the Python work alone, in wall-clock time (on a loaded machine a thread can hold the GIL
   while the kernel has it off the CPU, so these run higher than CPU; read them as shares).
   `--nonblocking` reads the stacks without pausing the service, which would slow it by
