@@ -8,11 +8,11 @@ otherwise, so every row reads back byte for byte whatever it holds.
 
 from __future__ import annotations
 
+import calendar
+import functools
 import json
 import re
-from datetime import UTC, datetime, timedelta
-
-from projector.events import format_instant
+import time
 
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -27,30 +27,53 @@ def hex_of(stored: bytes | memoryview | str) -> str:
     return stored if isinstance(stored, str) else bytes(stored).hex()
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
+# What `events.format_instant` writes: a second, then `Z` or microseconds (not all 0) and `Z`.
+_SECOND = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
+_MICROS = re.compile(r"\.[0-9]{6}Z")
+
+
+# Cached: deliveries arriving together, and rows read in seq order, mostly share a second.
+@functools.lru_cache(maxsize=1024)
+def _second_text(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+@functools.lru_cache(maxsize=1024)
+def _seconds_of(text: str) -> int | None:
+    """Seconds since 1970 of a `_SECOND` text that reads back exactly; None otherwise."""
+    if _SECOND.fullmatch(text) is None:
+        return None
+    fields = (text[0:4], text[5:7], text[8:10], text[11:13], text[14:16], text[17:19])
+    try:
+        seconds = calendar.timegm(tuple(map(int, fields)))
+        exact = _second_text(seconds) == text  # a 31st of June or a leap second is not
+    except (OverflowError, OSError, ValueError):
+        return None
+    return seconds if exact else None
 
 
 def instant_of(stored: int | str) -> str:
-    """The logical text of a `compact_instant` value."""
+    """The logical text of a `compact_instant` value, as `events.format_instant` writes it."""
     if isinstance(stored, str):
         return stored
+    seconds, micros = divmod(stored, 1_000_000)
     try:
-        return format_instant(_EPOCH + stored * _MICROSECOND)
-    except OverflowError:  # never written so: an altered row, whose hash then breaks
+        text = _second_text(seconds)
+    except (OverflowError, OSError, ValueError):  # never written so: an altered row
         return str(stored)
+    return f"{text}.{micros:06d}Z" if micros else text + "Z"
 
 
 def compact_instant(value: str) -> int | str:
     """`format_instant` text as microseconds since 1970; any other text as it is."""
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
+    if len(value) == 20 and value[19] == "Z":
+        micros = 0
+    elif len(value) == 27 and _MICROS.fullmatch(value, 19) and value[20:26] != "000000":
+        micros = int(value[20:26])
+    else:
         return value
-    if moment.tzinfo is None:
-        return value
-    micros = (moment - _EPOCH) // _MICROSECOND
-    return micros if instant_of(micros) == value else value
+    seconds = _seconds_of(value[:19])
+    return value if seconds is None else seconds * 1_000_000 + micros
 
 
 # The compact headers (a BLOB): a format byte, then per header (in sorted order) its name,
@@ -80,14 +103,19 @@ def _varint(number: int) -> bytes:
     return bytes(out)
 
 
+_NAME_CODES = {name: bytes((code,)) for code, name in enumerate(_NAMES, 1)}
+_VALUE_CODES = {value: bytes((code,)) for code, value in enumerate(_VALUES, 2)}
+
+
 def _encode(headers: dict[str, str]) -> bytes:
     out = [bytes((HEADERS_FORMAT,))]
     for name in sorted(headers):
         value = headers[name]
-        out.append(bytes((_NAMES.index(name) + 1,)) if name in _NAMES else b"\0" + _text(name))
-        if value in _VALUES:
-            out.append(bytes((_VALUES.index(value) + 2,)))
-        elif _HEX_DIGEST.fullmatch(value):
+        out.append(_NAME_CODES.get(name) or b"\0" + _text(name))
+        code = _VALUE_CODES.get(value)
+        if code is not None:
+            out.append(code)
+        elif len(value) == 64 and _HEX_DIGEST.fullmatch(value):
             out.append(b"\1" + bytes.fromhex(value))
         else:
             out.append(b"\0" + _text(value))
