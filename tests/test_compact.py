@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash
 from projector.storage import compact
 from projector.storage.location import PostgresUrl
 from projector.storage.postgres import open_maintenance, schema
+from projector.storage.postgres.appends import FIRST_SEQS
 from projector.storage.queries import SQLITE, SqlReads
 from projector.storage.rows import logical_form, number_batch
 from projector.storage.sqlite import chain, log, projection, replay
@@ -251,3 +253,44 @@ async def test_the_postgresql_migration_refuses_a_key_that_is_not_a_hex_digest(
     async with raw(pg_url) as check:
         cur = await check.execute("SELECT version FROM projector_schema")
         assert await cur.fetchone() == (2,)
+
+
+# --- finding a key's earlier rows by its first 8 bytes ---------------------------------------
+
+
+def test_sqlite_finds_earlier_rows_of_a_key_through_the_prefix_index(db_path: Path) -> None:
+    conn = log.connect(db_path)
+    log.migrate(conn)
+    deliveries = sample_deliveries()
+    log.append_batch(conn, deliveries)
+    keys = [d.event_key for d in deliveries[:3]]
+    marks = ", ".join("?" * len(keys))
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT event_key, min(seq) FROM deliveries WHERE seq > 0"
+        f" AND substr(event_key, 1, 8) IN ({marks}) AND event_key IN ({marks}) GROUP BY event_key",
+        [*map(log.key_prefix, keys), *map(compact.compact_hex, keys)],
+    ).fetchall()
+    assert "USING INDEX deliveries_by_key_prefix" in plan[0][-1]
+    # A key sharing another's first 8 bytes is not its repeat: the whole key decides.
+    twin = keys[0][:16] + "0" * 48
+    appended = log.append_batch(conn, [replace(deliveries[0], event_key=twin), deliveries[1]])
+    assert [(a.duplicate_of) for a in appended] == [None, 2]
+
+
+async def test_postgresql_finds_earlier_rows_of_a_key_through_the_prefix_index(
+    pg_url: PostgresUrl,
+) -> None:
+    deliveries = sample_deliveries()
+    async with opened(pg_url) as storage:
+        for delivery in deliveries:
+            await storage.log.append(delivery)
+        twin = deliveries[0].event_key[:16] + "0" * 48
+        twin_appended = await storage.log.append(replace(deliveries[0], event_key=twin))
+        again = await storage.log.append(deliveries[1])
+    assert (twin_appended.duplicate_of, again.duplicate_of) == (None, 2)
+    async with raw(pg_url) as conn:
+        cur = await conn.execute(
+            f"EXPLAIN {FIRST_SEQS}", ([bytes.fromhex(d.event_key) for d in deliveries[:3]],)
+        )
+        plan = "\n".join(row[0] for row in await cur.fetchall())
+    assert "deliveries_by_key_prefix" in plan

@@ -30,7 +30,7 @@ CREATE TABLE deliveries_v3 (
 # Built once the rows are in (a sort each, cheaper than keeping them up to date row by row).
 _INDEXES_AND_GUARDS = """
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_pkey PRIMARY KEY (seq);
-CREATE INDEX deliveries_by_event_key ON deliveries (event_key, seq);
+CREATE INDEX deliveries_by_key_prefix ON deliveries (substring(event_key FROM 1 FOR 8));
 CREATE INDEX deliveries_by_account ON deliveries (environment, linked_account_id, seq);
 CREATE INDEX deliveries_by_event ON deliveries (environment, event, seq);
 CREATE INDEX deliveries_by_instance ON deliveries (environment, instance_id, seq)
