@@ -19,6 +19,7 @@ import psycopg
 
 from projector.readmodels import READ_MODELS
 from projector.storage.location import PostgresUrl
+from projector.storage.postgres.schema import SCHEMA_VERSION
 from projector.storage.sqlite.log import LOG_SCHEMA_VERSION
 from tests.bench.pg_rebuild import copy_log, rebuild
 from tests.bench.workload import build_log
@@ -79,7 +80,7 @@ def postgres_objects(url: PostgresUrl) -> tuple[dict[str, tuple[str, int]], int]
 
 def table(engine: str, deliveries: int, objects: dict[str, tuple[str, int]], raw: int) -> str:
     """The objects, then each part and the total, in bytes and bytes per delivery."""
-    lines = [f"{engine}: {deliveries} deliveries, log schema v{LOG_SCHEMA_VERSION}"]
+    lines = [f"{engine}: {deliveries} deliveries"]
     lines.append(f"  {'object':<44} {'part':<12} {'bytes':>12} {'B/delivery':>11}")
     for name, (part, size) in sorted(objects.items(), key=lambda item: -item[1][1]):
         lines.append(f"  {name:<44} {part:<12} {size:>12,} {size / deliveries:>11.1f}")
@@ -104,7 +105,7 @@ def measure_sqlite(work: Path, deliveries: int) -> Path:
     rebuild(path, deliveries)
     objects, raw = sqlite_objects(path)
     size = path.stat().st_size
-    print(table("SQLite", deliveries, objects, raw))
+    print(table(f"SQLite (log schema v{LOG_SCHEMA_VERSION})", deliveries, objects, raw))
     print(f"  file size {size:,} B ({size / deliveries:.1f} B/delivery; the rest is free pages)")
     return path
 
@@ -117,7 +118,7 @@ def measure_postgres(source: Path, deliveries: int) -> None:
         copy_log(source, url)
         rebuild(url, deliveries)
         objects, raw = postgres_objects(url)
-        print(table("PostgreSQL", deliveries, objects, raw))
+        print(table(f"PostgreSQL (schema v{SCHEMA_VERSION})", deliveries, objects, raw))
 
 
 def main(argv: list[str] | None = None) -> int:
