@@ -64,6 +64,11 @@ def write_signed(path: Path, first: int, count: int) -> Path:
     return path
 
 
+def bench_log_name(count: int) -> str:
+    """The file name a kept bench log of `count` deliveries has: a new log schema, a new log."""
+    return f"log-{count}-v{log.LOG_SCHEMA_VERSION}.sqlite3"
+
+
 def build_log(path: Path, count: int, batch: int = 10_000, *, signed: bool = False) -> None:
     """A log of `count` deliveries, appended as the receiver would (parsed, hashed, chained).
 
