@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from projector.integrity import GENESIS_HASH
+from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash
 from projector.storage.location import Location
-from projector.storage.rows import RowsDoNotContinue
+from projector.storage.rows import RowsDoNotContinue, StoredRow
 from tests.contract_support import (
     ContractBase,
     NewLocation,
@@ -23,6 +23,9 @@ from tests.contract_support import (
     serving,
     stream,
 )
+
+HEADERS = HASHED_COLUMNS.index("headers")
+RECEIVED_AT = HASHED_COLUMNS.index("received_at")
 
 
 class ChainContract(ContractBase):
@@ -143,3 +146,31 @@ class ChainContract(ContractBase):
             with pytest.raises(RowsDoNotContinue, match=r"seq 6\b"):
                 await destination.append_stored(rows[5:])  # seq 6 again
             assert await destination.head() == (6, rows[5].row_hash)
+
+    async def test_rows_whose_values_have_no_exact_compact_form_are_kept_exactly(
+        self, new_location: NewLocation
+    ) -> None:
+        """Headers text that is not its dict's sorted JSON, odd instants: stored as they are."""
+        source, copy = new_location(), new_location()
+        async with serving(source) as storage:
+            await append_folding(storage, stream()[:6])
+        odd = (
+            (HEADERS, '{"x-cobalt-signature": "AB", "content-type": "text/plain"}'),  # unsorted
+            (HEADERS, '{"a": "1", "a": "2"}'),  # a repeated name: its dict loses one
+            (HEADERS, '{"user-agent": "\\udc80 caf\\u00e9", "x": "%s"}' % ("ab" * 32)),
+            (HEADERS, "not json at all"),
+            (RECEIVED_AT, "2026-07-01T12:00:00.000000Z"),  # microseconds written as zeros
+            (RECEIVED_AT, "2026-07-01 12:00:00"),
+        )
+        async with maintaining(source) as origin, maintaining(copy, create=True) as destination:
+            rows = await origin.stored_rows(0, 6)
+            previous, chained = GENESIS_HASH, []
+            for row, (column, value) in zip(rows, odd, strict=True):
+                content = list(row.content)
+                content[column] = value
+                previous = row_hash(previous, content)
+                chained.append(StoredRow(tuple(content), previous))
+            await destination.append_stored(chained)
+            assert await destination.stored_rows(0, 10) == chained
+            assert await destination.head() == (6, previous)
+            assert (await destination.verify()).intact

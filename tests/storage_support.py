@@ -13,8 +13,8 @@ from projector.fold import ConnectionHealth, fold_connection
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash
 from projector.readmodels import READ_MODELS
 from projector.sender import environment_of
-from projector.storage.rows import NewDelivery, row_content
-from projector.storage.sqlite import log, projection, replay
+from projector.storage.rows import NewDelivery, logical_form, number_batch, row_content
+from projector.storage.sqlite import chain, log, projection, replay
 from tests.support import KEY_BY_ENVIRONMENT, sample_bodies
 
 RECEIVED_AT = "2026-07-01T12:00:00Z"
@@ -50,6 +50,26 @@ def open_log(path: Path) -> sqlite3.Connection:
     conn = log.connect(path)
     log.migrate(conn)
     return conn
+
+
+def logical_rows(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    """Every row of the log (seq 1 up) as its logical content, then its hash (hex)."""
+    return [(*row.content, row.row_hash) for row in chain.rows_after(conn, 0, 1_000_000)]
+
+
+def append_as_version_3(conn: sqlite3.Connection, deliveries: list[NewDelivery]) -> None:
+    """Append as refold-projector did up to log schema version 3: every column as its text."""
+    seq, previous = chain.head_hash(conn)
+    earlier = "SELECT event_key, min(seq) FROM deliveries WHERE seq > 0 GROUP BY event_key"
+    first_seen = {key: first for key, first in conn.execute(earlier)}
+    rows, _, _ = number_batch(seq, previous, deliveries, first_seen)
+    logical = [logical_form(row) for row in rows]
+    columns = ", ".join((*HASHED_COLUMNS, "row_hash"))
+    with log.transaction(conn):
+        conn.executemany(
+            f"INSERT INTO deliveries ({columns}) VALUES ({', '.join('?' * 16)})",
+            [(*row.content, row.row_hash) for row in logical],
+        )
 
 
 def open_projected(path: Path) -> sqlite3.Connection:

@@ -120,10 +120,9 @@ def test_a_row_rehashed_after_editing_breaks_the_chain_at_the_next_row(db_path: 
     """Recomputing the edited row's own hash does not help: its successor no longer matches."""
     conn = logged(db_path)
     tamper(conn, "UPDATE deliveries SET slug = 'edited' WHERE seq = 9")
-    columns = ", ".join(HASHED_COLUMNS)
-    previous = conn.execute("SELECT row_hash FROM deliveries WHERE seq = 8").fetchone()[0]
-    row = conn.execute(f"SELECT {columns} FROM deliveries WHERE seq = 9").fetchone()
-    conn.execute("UPDATE deliveries SET row_hash = ? WHERE seq = 9", (row_hash(previous, row),))
+    [before, row] = chain.rows_after(conn, 7, 2)
+    rehashed = bytes.fromhex(row_hash(before.row_hash, row.content))
+    conn.execute("UPDATE deliveries SET row_hash = ? WHERE seq = 9", (rehashed,))
     assert verify_chain(conn).broken_at == 10
 
 
@@ -164,7 +163,7 @@ def version_1_log(path: Path, count: int) -> list[tuple[object, ...]]:
         conn.execute("PRAGMA user_version = 1")
     columns = ", ".join(HASHED_COLUMNS)
     source = logged(path.with_name("source.sqlite3"), count)
-    rows = source.execute(f"SELECT {columns} FROM deliveries ORDER BY seq").fetchall()
+    rows = [row.content for row in chain.rows_after(source, 0, count)]
     conn.executemany(f"INSERT INTO deliveries ({columns}) VALUES ({', '.join('?' * 15)})", rows)
     conn.close()
     return rows
@@ -176,9 +175,8 @@ def test_migrating_a_version_1_log_hashes_every_row_and_changes_nothing_else(
     """The upgrade adds an intact chain over the old rows; their content stays byte-identical."""
     rows = version_1_log(db_path, 60)
     conn = log.connect(db_path)
-    assert log.migrate(conn) == log.LOG_SCHEMA_VERSION == 3
-    columns = ", ".join(HASHED_COLUMNS)
-    assert conn.execute(f"SELECT {columns} FROM deliveries ORDER BY seq").fetchall() == rows
+    assert log.migrate(conn) == log.LOG_SCHEMA_VERSION == 4
+    assert [row.content for row in chain.rows_after(conn, 0, 100)] == rows
     assert verify_chain(conn).intact
     log.append_batch(conn, sample_deliveries()[60:65])
     assert verify_chain(conn).head_seq == 65

@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 
 from projector import integrity
+from projector.storage.compact import headers_of, instant_of
 from projector.storage.rows import Appended
 from projector.storage.sqlite import log
 from tests.storage_support import (
     SLIPPED_BODY,
+    append_as_version_3,
     before_first_begin,
     delivery_of,
+    logical_rows,
     new_delivery,
     open_log,
     sample_deliveries,
@@ -86,10 +89,10 @@ def test_migrating_a_version_2_log_indexes_its_flagged_deliveries_and_changes_no
         for migration in log.MIGRATIONS[:2]:
             migration(conn)
         conn.execute("PRAGMA user_version = 2")
-    log.append_batch(conn, [*sample_deliveries()[:40], new_delivery(b"[]", "live")])
+    append_as_version_3(conn, [*sample_deliveries()[:40], new_delivery(b"[]", "live")])
     rows = conn.execute("SELECT * FROM deliveries ORDER BY seq").fetchall()
-    assert log.migrate(conn) == log.LOG_SCHEMA_VERSION == 3
-    assert conn.execute("SELECT * FROM deliveries ORDER BY seq").fetchall() == rows
+    assert log.migrate(conn) == log.LOG_SCHEMA_VERSION == 4
+    assert logical_rows(conn) == rows
     (index,) = conn.execute(
         "SELECT sql FROM sqlite_master WHERE name = 'deliveries_flagged'"
     ).fetchone()
@@ -171,7 +174,7 @@ def test_a_seq_other_than_head_plus_one_is_refused_by_the_trigger(
             "INSERT INTO deliveries (seq, received_at, environment, key_id, signed_as, headers,"
             " body, event_key, flags, row_hash)"
             " VALUES (?, 't', 'live', 'k', 'raw', '{}', x'00', 'e', '[]', ?)",
-            (log.head(conn) + offset, "0" * 64),
+            (log.head(conn) + offset, bytes(32)),
         )
     assert log.head(conn) == 1
     assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 1
@@ -185,7 +188,7 @@ def test_a_direct_insert_at_head_plus_one_is_accepted(db_path: Path) -> None:
         "INSERT INTO deliveries (seq, received_at, environment, key_id, signed_as, headers,"
         " body, event_key, flags, row_hash)"
         " VALUES (2, 't', 'live', 'k', 'raw', '{}', x'00', 'e', '[]', ?)",
-        ("0" * 64,),
+        (bytes(32),),
     )
     assert log.head(conn) == 2
 
@@ -207,7 +210,10 @@ def test_bodies_are_stored_byte_for_byte_including_invalid_utf8(db_path: Path) -
 
 
 def test_append_batch_stores_every_field_of_the_delivery(db_path: Path) -> None:
-    """Headers and flags round-trip as JSON; the searchable columns hold the parsed values."""
+    """Headers and flags round-trip as JSON; the searchable columns hold the parsed values.
+
+    received_at, headers and event_key are stored compact (an integer, BLOBs), exactly.
+    """
     conn = open_log(db_path)
     delivery = replace(
         new_delivery(b"not json", "test"),
@@ -217,13 +223,16 @@ def test_append_batch_stores_every_field_of_the_delivery(db_path: Path) -> None:
     log.append_batch(conn, [delivery])
     row = conn.execute(
         "SELECT received_at, environment, key_id, signed_as, headers, event, kind, flags,"
-        " event_key FROM deliveries"
+        " event_key, typeof(received_at), typeof(headers), typeof(event_key), typeof(row_hash)"
+        " FROM deliveries"
     ).fetchone()
-    assert row[:4] == (delivery.received_at, "test", delivery.key_id, "compact")
-    assert json.loads(row[4]) == delivery.headers
+    assert row[9:] == ("integer", "blob", "blob", "blob")
+    assert instant_of(row[0]) == delivery.received_at
+    assert row[1:4] == ("test", delivery.key_id, "compact")
+    assert json.loads(headers_of(row[4])) == delivery.headers
     assert row[5:7] == (None, None)
     assert json.loads(row[7]) == ["not_json"]
-    assert row[8] == delivery.event_key
+    assert row[8] == bytes.fromhex(delivery.event_key)
 
 
 def test_read_after_returns_the_deliveries_after_a_seq_in_order(db_path: Path) -> None:

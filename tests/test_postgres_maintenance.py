@@ -14,6 +14,7 @@ from projector import integrity
 from projector.integrity import LogNotIntact
 from projector.storage.location import PostgresUrl
 from projector.storage.postgres import open_maintenance
+from projector.storage.postgres.appends import stored_rows_for_postgres
 from projector.storage.postgres.maintenance import PostgresMaintenance
 from projector.storage.rows import RowsDoNotContinue, StoredRow
 from projector.storage.sqlite import chain, log
@@ -113,7 +114,7 @@ async def test_verify_and_the_projector_stop_at_a_gap(pg_url: PostgresUrl) -> No
         async with raw(pg_url) as conn:  # slipped in past the head, by hand
             await conn.execute(
                 f"INSERT INTO deliveries VALUES ({', '.join(['%s'] * 16)})",
-                (*moved.content, moved.row_hash),
+                stored_rows_for_postgres([moved])[0],
             )
         report = (await source.verify()).chain
     finally:

@@ -21,6 +21,7 @@ from projector.http import header_text
 from projector.integrity import GENESIS_HASH
 from projector.json_body import load_json_object
 from projector.storage.account_reads import AccountReads
+from projector.storage.compact import headers_of, hex_of, instant_of
 from projector.storage.outbox_sql import outbox_state
 from projector.storage.status_queries import Fetch, StatusReads
 
@@ -88,7 +89,7 @@ def _audit_fields(row: Sequence[Any]) -> dict[str, Any]:
     payload, _ = load_json_object(bytes(body))
     return {
         "seq": seq,
-        "received_at": received_at,
+        "received_at": instant_of(received_at),
         "environment": environment,
         "event": event,
         "linked_account_id": account,
@@ -313,7 +314,7 @@ class SqlReads(StatusReads):
             key_id=row[8],
             signed_as=row[9],
             # Rows logged before header_text existed may hold lone surrogates: escape them.
-            headers={k: header_text(v) for k, v in json.loads(row[10]).items()},
+            headers={k: header_text(v) for k, v in json.loads(headers_of(row[10])).items()},
             body_base64=base64.b64encode(bytes(row[7])).decode(),
         )
 
@@ -324,7 +325,7 @@ class SqlReads(StatusReads):
         seq, head_hash = head[0] if head else (0, GENESIS_HASH)
         return answers.Projections(
             log_head=seq,
-            log_head_hash=head_hash,
+            log_head_hash=hex_of(head_hash),
             projections=[
                 answers.ProjectionState(name=n, version=v, position=p, errors=e, generation=g)
                 for n, v, p, e, g in rows

@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from projector.events import ConnectionChange, ParsedDelivery, WorkflowOutcome, parse_delivery
-from projector.integrity import Value, missing_row, row_hash
+from projector.integrity import HASHED_COLUMNS, Value, missing_row, row_hash
+from projector.storage.compact import (
+    compact_headers,
+    compact_headers_of,
+    compact_hex,
+    compact_instant,
+    headers_of,
+    hex_of,
+    instant_of,
+)
 
 Change = ConnectionChange | WorkflowOutcome
 
@@ -149,13 +158,54 @@ class StoredRow:
         return int(self.content[0])  # type: ignore[arg-type]
 
 
+# Where the columns with a compact stored form sit in a row (`integrity.HASHED_COLUMNS`).
+_RECEIVED_AT = HASHED_COLUMNS.index("received_at")
+_HEADERS = HASHED_COLUMNS.index("headers")
+_EVENT_KEY = HASHED_COLUMNS.index("event_key")
+
+
+def stored_form(
+    content: Sequence[Value],
+    hashed: str,
+    headers: bytes | str | None = None,
+    *,
+    instants: bool = True,
+) -> tuple[Value, ...]:
+    """A row's logical columns and hash in their compact stored forms (see `compact`).
+
+    `headers`: their compact form if the caller has it (the writer has the dict).
+    `instants`: received_at too (PostgreSQL keeps it as text, in a typed column).
+    """
+    row = list(content)
+    if instants:
+        row[_RECEIVED_AT] = compact_instant(str(row[_RECEIVED_AT]))
+    row[_HEADERS] = compact_headers(str(row[_HEADERS])) if headers is None else headers
+    row[_EVENT_KEY] = compact_hex(str(row[_EVENT_KEY]))
+    return (*row, compact_hex(hashed))
+
+
+def logical_form(stored: Sequence[Any]) -> StoredRow:
+    """A row as stored (HASHED_COLUMNS, then row_hash), in either engine, as its logical row."""
+    row: list[Value] = [bytes(v) if isinstance(v, memoryview) else v for v in stored[:-1]]
+    row[_RECEIVED_AT] = instant_of(row[_RECEIVED_AT])  # type: ignore[arg-type]
+    row[_HEADERS] = headers_of(row[_HEADERS])  # type: ignore[arg-type]
+    row[_EVENT_KEY] = hex_of(row[_EVENT_KEY])  # type: ignore[arg-type]
+    return StoredRow(tuple(row), hex_of(stored[-1]))
+
+
 def number_batch(
-    head: int, head_hash: str, batch: Sequence[NewDelivery], first_seen: dict[str, int]
-) -> tuple[list[tuple[Value, ...]], list[Appended]]:
-    """The rows (stored columns, then row_hash) of `batch` appended after (`head`, `head_hash`).
+    head: int,
+    head_hash: str,
+    batch: Sequence[NewDelivery],
+    first_seen: dict[str, int],
+    *,
+    instants: bool = True,
+) -> tuple[list[tuple[Value, ...]], list[Appended], str]:
+    """The stored rows (`stored_form`) of `batch` appended after (`head`, `head_hash`).
 
     `first_seen` holds the first seq already logged for each of the batch's event keys; a
-    delivery whose key is there (or earlier in the batch) is a duplicate of that seq.
+    delivery whose key is there (or earlier in the batch) is a duplicate of that seq. Also
+    returns the last row's hash (hex): the new head's. `instants` as in `stored_form`.
     """
     seq, previous = head, head_hash
     rows: list[tuple[Value, ...]] = []
@@ -165,10 +215,12 @@ def number_batch(
         first = first_seen.setdefault(delivery.event_key, seq)
         duplicate_of = None if first == seq else first  # the first of its event: None
         content = row_content(seq, delivery, duplicate_of)
+        # The chain hashes the logical content; only the stored form is compact.
         previous = row_hash(previous, content)
-        rows.append((*content, previous))
+        headers = compact_headers_of(delivery.headers)
+        rows.append(stored_form(content, previous, headers, instants=instants))
         results.append(Appended(seq, duplicate_of))
-    return rows, results
+    return rows, results, previous
 
 
 # What the projectors read of each row, in this order (`logged_deliveries`).
@@ -194,7 +246,7 @@ def logged_delivery(row: Sequence[Any]) -> LoggedDelivery:
     seq, received_at, environment, event, account, flags, duplicate_of, body = row
     return LoggedDelivery(
         seq,
-        received_at,
+        instant_of(received_at),
         environment,
         event,
         account,

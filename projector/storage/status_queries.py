@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from projector.storage.compact import instant_of
 from projector.storage.port import ChangedRow, ProjectionLag, StorageStatus
 
 # Runs one statement written with `?` placeholders on an adapter's connections.
@@ -45,7 +46,8 @@ class StatusReads:
                 continue
             lag = 0.0
             if oldest is not None:
-                lag = max(0.0, (now - datetime.fromisoformat(oldest)).total_seconds())
+                oldest_at = datetime.fromisoformat(instant_of(oldest))
+                lag = max(0.0, (now - oldest_at).total_seconds())
             projections.append(ProjectionLag(name, position, errors, lag, rebuilt_at))
         return StorageStatus(int(rows[0][0]), tuple(projections))
 

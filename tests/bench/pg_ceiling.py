@@ -41,10 +41,12 @@ def _body() -> str:
 def _insert(seqs: str) -> str:
     """INSERT of :rows rows, each seq `s` taken from the SQL query `seqs`."""
     return (
+        # The headers, the key and the hash in their stored forms (projector.storage.compact).
         f"INSERT INTO deliveries ({_COLUMNS}) SELECT s, '2026-07-01T12:00:00Z', 'live',"
-        " 'live:0123456789abcdef', 'raw', '{\"content-type\":\"application/json\"}', "
+        " 'live:0123456789abcdef', 'raw', '\\x010102'::bytea, "
         f"{_body()}, 'Connection Created', 'connection', 'acct_' || s % 25000, 'hubspot',"
-        f" NULL, 'ev_' || s, '[]', NULL, repeat('0', 64) FROM ({seqs}) AS g;"
+        " NULL, sha256(('ev_' || s)::bytea), '[]', NULL, decode(repeat('0', 64), 'hex')"
+        f" FROM ({seqs}) AS g;"
     )
 
 

@@ -16,7 +16,7 @@ from projector.storage.postgres.maintenance import open_maintenance
 from projector.storage.sqlite.adapter import SqliteMaintenance
 from tests.bench.pg_service import verify
 from tests.bench.run import RESULTS, Figures, timed_child
-from tests.bench.workload import build_log
+from tests.bench.workload import bench_log_name, build_log
 from tests.support import service_env
 
 COPY_CHUNK = 10_000
@@ -24,7 +24,7 @@ COPY_CHUNK = 10_000
 
 def bench_log(size: int) -> Path:
     """The SQLite log of `size` deliveries that `make bench` keeps (built here if missing)."""
-    path = RESULTS / f"log-{size}.sqlite3"
+    path = RESULTS / bench_log_name(size)
     if not path.exists():
         print(f"building a log of {size} deliveries (once; kept in {path.parent})", flush=True)
         build_log(path.with_suffix(".partial"), size)

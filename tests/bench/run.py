@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import probes
-from tests.bench.workload import build_log, write_signed
+from tests.bench.workload import bench_log_name, build_log, write_signed
 from tests.support import READ_TOKEN, REPO, free_port, service_env
 
 BENCH = Path(__file__).resolve().parent
@@ -216,7 +216,7 @@ def prepare_logs(size: int) -> dict[int, Path]:
     """The 1/4-size and full-size logs, built once and kept under bench-results/."""
     logs = {}
     for count in (size // 4, size):
-        path = RESULTS / f"log-{count}.sqlite3"
+        path = RESULTS / bench_log_name(count)
         if not path.exists():
             print(f"building a log of {count} deliveries (once; kept in {path.parent})", flush=True)
             build_log(path.with_suffix(".partial"), count)

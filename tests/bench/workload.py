@@ -10,7 +10,7 @@ from pathlib import Path
 
 from projector.config import fingerprint
 from projector.events import parse_delivery
-from projector.signature import sign_body
+from projector.signature import SIGNATURE_HEADER, sign_body
 from projector.storage.sqlite import log
 from tests.support import KEY_BY_ENVIRONMENT
 
@@ -64,8 +64,16 @@ def write_signed(path: Path, first: int, count: int) -> Path:
     return path
 
 
-def build_log(path: Path, count: int, batch: int = 10_000) -> None:
-    """A log of `count` deliveries, appended as the receiver would (parsed, hashed, chained)."""
+def bench_log_name(count: int) -> str:
+    """The file name a kept bench log of `count` deliveries has: a new log schema, a new log."""
+    return f"log-{count}-v{log.LOG_SCHEMA_VERSION}.sqlite3"
+
+
+def build_log(path: Path, count: int, batch: int = 10_000, *, signed: bool = False) -> None:
+    """A log of `count` deliveries, appended as the receiver would (parsed, hashed, chained).
+
+    `signed` keeps each body's signature header too, as the receiver does (for disk use).
+    """
     conn = log.connect(path)
     log.migrate(conn)
     key_ids = {env: fingerprint(env, key) for env, key in KEY_BY_ENVIRONMENT.items()}
@@ -74,6 +82,10 @@ def build_log(path: Path, count: int, batch: int = 10_000) -> None:
         deliveries = []
         for i in range(start, min(start + batch, count)):
             environment, raw = body(i)
+            headers = {"content-type": "application/json"}
+            if signed:
+                key = KEY_BY_ENVIRONMENT[environment].encode()
+                headers[SIGNATURE_HEADER] = sign_body(raw, key)
             deliveries.append(
                 log.NewDelivery.verified(
                     raw,
@@ -82,7 +94,7 @@ def build_log(path: Path, count: int, batch: int = 10_000) -> None:
                     received_at=received_at,
                     key_id=key_ids[environment],
                     signed_as="raw",
-                    headers={"content-type": "application/json"},
+                    headers=headers,
                 )
             )
         log.append_batch(conn, deliveries)

@@ -10,13 +10,20 @@ import psycopg
 
 from projector import integrity
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, ChainReport, Value, row_hash
+from projector.storage.compact import hex_of
 from projector.storage.location import PostgresUrl
 from projector.storage.port import ProjectionStatus, Verification
 from projector.storage.postgres import rebuild, schema
-from projector.storage.postgres.appends import HEAD_FOR_UPDATE, INSERT_ROWS, LOG_CHANNEL, as_columns
+from projector.storage.postgres.appends import (
+    HEAD_FOR_UPDATE,
+    INSERT_ROWS,
+    LOG_CHANNEL,
+    as_columns,
+    stored_rows_for_postgres,
+)
 from projector.storage.postgres.connect import Connection, connect, connection_parameters
 from projector.storage.queries import PROJECTIONS_QUERY
-from projector.storage.rows import RowsDoNotContinue, StoredRow
+from projector.storage.rows import RowsDoNotContinue, StoredRow, logical_form
 
 _STORED_COLUMNS = ", ".join((*HASHED_COLUMNS, "row_hash"))
 VERIFY_CHUNK = 5000
@@ -24,17 +31,7 @@ VERIFY_CHUNK = 5000
 
 def stored_row(row: Sequence[Any]) -> StoredRow:
     """A deliveries row (HASHED_COLUMNS, row_hash) as the values `integrity.row_hash` hashes."""
-    content: list[Value] = []
-    for name, value in zip(HASHED_COLUMNS, row[:-1], strict=True):
-        if value is None:
-            content.append(None)
-        elif name == "body":
-            content.append(bytes(value))
-        elif name in ("seq", "duplicate_of"):
-            content.append(int(value))
-        else:
-            content.append(str(value))
-    return StoredRow(tuple(content), str(row[-1]))
+    return logical_form(row)
 
 
 def _walk_snapshot(url: PostgresUrl) -> tuple[ChainReport, int, str]:
@@ -86,7 +83,7 @@ class PostgresMaintenance:
             "SELECT seq, row_hash FROM deliveries ORDER BY seq DESC LIMIT 1"
         )
         row = await cur.fetchone()
-        return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
+        return (0, GENESIS_HASH) if row is None else (int(row[0]), hex_of(row[1]))
 
     async def verify(self) -> Verification:
         """Walk the hash chain in one snapshot; the engine line names server and row count."""
@@ -144,9 +141,7 @@ class PostgresMaintenance:
                         "source was altered or is another log; run `projector verify` on it"
                     )
                 previous = expected
-            await self._conn.execute(
-                INSERT_ROWS, as_columns([(*row.content, row.row_hash) for row in rows])
-            )
+            await self._conn.execute(INSERT_ROWS, as_columns(stored_rows_for_postgres(rows)))
             await self._conn.execute("UPDATE log_head SET seq = %s, row_hash = %s", (seq, previous))
             await self._conn.execute("SELECT pg_notify(%s, %s)", (LOG_CHANNEL, str(seq)))
 

@@ -10,9 +10,10 @@ import psycopg
 from projector.integrity import GENESIS_HASH
 from projector.readmodels import READ_MODELS, ReadModel
 from projector.storage.port import LogSchemaError
+from projector.storage.postgres.compact_log import compact_log
 from projector.storage.postgres.connect import Connection
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Held (per transaction) by whoever creates or migrates the schema: processes starting at
 # once take turns, and each re-reads the version once it holds the lock.
 MIGRATION_LOCK = 0x726566_6F6C6401  # "refold" 1
@@ -113,7 +114,11 @@ async def _create_alerts(conn: Connection) -> None:
 
 
 # Each entry migrates the schema from version N to N+1; `migrate` applies the missing ones.
-MIGRATIONS: tuple[Callable[[Connection], Awaitable[None]], ...] = (_create_log, _create_alerts)
+MIGRATIONS: tuple[Callable[[Connection], Awaitable[None]], ...] = (
+    _create_log,
+    _create_alerts,
+    compact_log,
+)
 
 
 def too_new(version: int) -> LogSchemaError:

@@ -140,8 +140,7 @@ class SqliteMaintenance:
         return projection.statuses(self._conn)
 
     async def stored_rows(self, after: int, limit: int) -> list[StoredRow]:
-        rows = chain.rows_after(self._conn, after, limit)
-        return [StoredRow(tuple(row[:-1]), str(row[-1])) for row in rows]
+        return chain.rows_after(self._conn, after, limit)
 
     async def append_stored(self, rows: Sequence[StoredRow]) -> None:
         await asyncio.to_thread(self._append_stored, rows)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from typing import Any
 
 from projector.integrity import (
     GENESIS_HASH,
@@ -16,6 +15,8 @@ from projector.integrity import (
     row_outside_the_chain,
     walk,
 )
+from projector.storage.compact import hex_of
+from projector.storage.rows import StoredRow, logical_form
 
 
 def hashed_rows(
@@ -25,19 +26,20 @@ def hashed_rows(
     after = 0
     while rows := rows_after(conn, after, chunk):
         for row in rows:
-            yield row[0], row[:-1], row[-1]
-        after = rows[-1][0]
+            yield row.seq, row.content, row.row_hash
+        after = rows[-1].seq
 
 
 _STORED_COLUMNS = ", ".join((*HASHED_COLUMNS, "row_hash"))
 
 
-def rows_after(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[Any, ...]]:
-    """Up to `limit` rows with seq > `after`, as stored: HASHED_COLUMNS, then row_hash."""
-    return conn.execute(
+def rows_after(conn: sqlite3.Connection, after: int, limit: int) -> list[StoredRow]:
+    """Up to `limit` rows with seq > `after`, their logical content and hash."""
+    rows = conn.execute(
         f"SELECT {_STORED_COLUMNS} FROM deliveries WHERE seq > ? ORDER BY seq LIMIT ?",
         (after, limit),
     ).fetchall()
+    return [logical_form(row) for row in rows]
 
 
 def verify_chain(conn: sqlite3.Connection, chunk: int = 5000) -> ChainReport:
@@ -80,7 +82,7 @@ def _outside_the_chain(conn: sqlite3.Connection, walked: ChainReport) -> ChainRe
 def head_hash(conn: sqlite3.Connection) -> tuple[int, str]:
     """The last seq and its stored hash; (0, genesis) for an empty log."""
     row = conn.execute("SELECT seq, row_hash FROM deliveries ORDER BY seq DESC LIMIT 1").fetchone()
-    return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
+    return (0, GENESIS_HASH) if row is None else (int(row[0]), hex_of(row[1]))
 
 
 def check_without_gaps(conn: sqlite3.Connection, head: int) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from projector.integrity import GENESIS_HASH, HASHED_COLUMNS, row_hash
+from projector.storage.compact import compact_hex, hex_of
 from projector.storage.port import LogSchemaError
 from projector.storage.rows import (
     LOGGED_COLUMNS,
@@ -22,10 +23,11 @@ from projector.storage.rows import (
     logged_deliveries,
     logged_delivery,
     number_batch,
+    stored_form,
 )
-from projector.storage.sqlite.chain import hashed_rows, head_hash
+from projector.storage.sqlite.chain import hashed_rows, head_hash, rows_after
 
-LOG_SCHEMA_VERSION = 3
+LOG_SCHEMA_VERSION = 4
 
 _CREATE_LOG = """
     CREATE TABLE deliveries (
@@ -93,11 +95,81 @@ def _add_hash_chain(conn: sqlite3.Connection) -> None:
 FLAGGED = "flags <> '[]'"
 _FLAGGED_INDEX = f"CREATE INDEX deliveries_flagged ON deliveries (environment, seq) WHERE {FLAGGED}"
 
+# Version 4 stores rows compact (projector.storage.compact), and finds a key's earlier rows
+# by its first 8 bytes (`key_prefix`): a third of the index on the whole key and seq. The
+# columns declared BLOB have no type affinity, so each value keeps the type it is stored
+# with: an integer (received_at) or a BLOB (headers, the hex digests) where the compact form
+# is exact, the text otherwise.
+_CREATE_COMPACT_LOG = """
+    CREATE TABLE deliveries_v4 (
+        seq INTEGER PRIMARY KEY CHECK (seq > 0),
+        received_at BLOB NOT NULL,
+        environment TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        signed_as TEXT NOT NULL,
+        headers BLOB NOT NULL,
+        body BLOB NOT NULL,
+        event TEXT,
+        kind TEXT,
+        linked_account_id TEXT,
+        slug TEXT,
+        instance_id TEXT,
+        event_key BLOB NOT NULL,
+        flags TEXT NOT NULL,
+        duplicate_of INTEGER REFERENCES deliveries (seq),
+        row_hash BLOB NOT NULL
+    )
+"""
+_COMPACT_LOG_INDEXES = """
+    CREATE INDEX deliveries_by_key_prefix ON deliveries (substr(event_key, 1, 8));
+    CREATE INDEX deliveries_by_account ON deliveries (environment, linked_account_id, seq);
+    CREATE INDEX deliveries_by_event ON deliveries (environment, event, seq);
+    CREATE INDEX deliveries_by_instance ON deliveries (environment, instance_id, seq)
+        WHERE instance_id IS NOT NULL;
+    CREATE TRIGGER deliveries_seq_without_gaps BEFORE INSERT ON deliveries
+        WHEN NEW.seq IS NOT (SELECT coalesce(max(seq), 0) + 1 FROM deliveries)
+        BEGIN SELECT RAISE(ABORT, 'event log: seq must be the head + 1'); END;
+    CREATE TRIGGER deliveries_no_delete BEFORE DELETE ON deliveries
+        BEGIN SELECT RAISE(ABORT, 'event log is append-only: DELETE refused'); END;
+    CREATE TRIGGER deliveries_hash_required BEFORE INSERT ON deliveries
+        WHEN typeof(NEW.row_hash) IS NOT 'blob' OR length(NEW.row_hash) IS NOT 32
+        BEGIN SELECT RAISE(ABORT, 'event log: row_hash must be a SHA-256 digest'); END
+"""
+
+
+def _compact_rows(conn: sqlite3.Connection) -> None:
+    """Version 4: every row copied into a table of compact stored forms, in this transaction.
+
+    Only the stored form changes: each row reads back as the same logical row, so the chain
+    and its head hash are unchanged. The space the old table held is free pages until VACUUM.
+    """
+    (below,) = conn.execute("SELECT min(seq) FROM deliveries WHERE seq < 1").fetchone()
+    if below is not None:
+        raise LogSchemaError(
+            f"the event log holds a row with seq {below}, outside the chain (seq 1 up), which "
+            "the upgrade to log schema version 4 cannot carry: run `projector verify`, and "
+            "restore the log from a backup"
+        )
+    conn.execute(_CREATE_COMPACT_LOG)
+    after = 0
+    # A chunk at a time: memory stays flat on any log. The compact forms are checked per
+    # row: a value that does not convert back exactly is kept as it is.
+    while rows := rows_after(conn, after, 5000):
+        insert_many(conn, _INSERT_COMPACT, [stored_form(r.content, r.row_hash) for r in rows])
+        after = rows[-1].seq
+    # Dropping a table fires no trigger; its indexes and triggers go with it, and come back
+    # on the new table before this transaction commits.
+    conn.execute("DROP TABLE deliveries")
+    conn.execute("ALTER TABLE deliveries_v4 RENAME TO deliveries")
+    _run_script(conn, _COMPACT_LOG_INDEXES + ";\n" + _NO_UPDATE + ";\n" + _FLAGGED_INDEX)
+
+
 # Each entry migrates the log from version N to N+1; start-up applies the missing ones.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     lambda conn: _run_script(conn, _CREATE_LOG + ";\n" + _NO_UPDATE),
     _add_hash_chain,
     lambda conn: _run_script(conn, _FLAGGED_INDEX),
+    _compact_rows,
 )
 
 
@@ -217,6 +289,7 @@ def head(conn: sqlite3.Connection) -> int:
 
 
 _INSERT_DELIVERY = f"INSERT INTO deliveries ({', '.join(HASHED_COLUMNS)}, row_hash)"
+_INSERT_COMPACT = f"INSERT INTO deliveries_v4 ({', '.join(HASHED_COLUMNS)}, row_hash)"
 
 
 def insert_many(conn: sqlite3.Connection, insert: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -233,19 +306,26 @@ def insert_many(conn: sqlite3.Connection, insert: str, rows: Sequence[Sequence[A
         )
 
 
+def key_prefix(key: str) -> bytes | str:
+    """What deliveries_by_key_prefix indexes of an event key: `substr(event_key, 1, 8)`."""
+    return compact_hex(key)[:8]
+
+
 def _first_seqs(conn: sqlite3.Connection, keys: list[str]) -> dict[str, int]:
     """The first seq (from 1 on) logged under each of `keys` that has one."""
     found: dict[str, int] = {}
     for start in range(0, len(keys), 10_000):  # SQLite binds at most 32,766 values
         part = keys[start : start + 10_000]
-        found.update(
-            conn.execute(
-                # seq > 0: a row slipped in below the chain must not make a delivery a repeat.
-                "SELECT event_key, min(seq) FROM deliveries WHERE seq > 0"
-                f" AND event_key IN ({', '.join('?' * len(part))}) GROUP BY event_key",
-                part,
-            ).fetchall()
+        marks = ", ".join("?" * len(part))
+        rows = conn.execute(
+            # The prefix finds the candidates in the index, the whole key picks among them.
+            # seq > 0: a row slipped in below the chain must not make a delivery a repeat.
+            "SELECT event_key, min(seq) FROM deliveries WHERE seq > 0"
+            f" AND substr(event_key, 1, 8) IN ({marks}) AND event_key IN ({marks})"
+            " GROUP BY event_key",
+            [*map(key_prefix, part), *map(compact_hex, part)],
         )
+        found.update((hex_of(key), seq) for key, seq in rows)
     return found
 
 
@@ -264,7 +344,7 @@ def append_rows(conn: sqlite3.Connection, batch: Sequence[NewDelivery]) -> list[
     # call gives up the GIL and must win it back from the busy event loop, so calls per
     # batch, not per row, keep the writer quick.
     first_seen = _first_seqs(conn, list({delivery.event_key for delivery in batch}))
-    rows, results = number_batch(seq, previous, batch, first_seen)
+    rows, results, _ = number_batch(seq, previous, batch, first_seen)
     insert_many(conn, _INSERT_DELIVERY, rows)
     return results
 
@@ -278,7 +358,7 @@ def append_stored(conn: sqlite3.Connection, rows: Sequence[StoredRow]) -> None:
     for row in rows:
         check_continues(seq, previous, row)
         seq, previous = row.seq, row.row_hash
-    insert_many(conn, _INSERT_DELIVERY, [(*row.content, row.row_hash) for row in rows])
+    insert_many(conn, _INSERT_DELIVERY, [stored_form(row.content, row.row_hash) for row in rows])
 
 
 def read_after(conn: sqlite3.Connection, after: int, limit: int) -> list[LoggedDelivery]:
