@@ -102,11 +102,11 @@ def _cursor_checked() -> Iterator[None]:
 
 async def account_connections(request: web.Request) -> web.Response:
     params = query_params(request, ())
-    answer = await request.app[READS].account_connections(
+    body = await request.app[READS].account_connections_json(
         environment_param(params),
         request.match_info["linked_account_id"],
     )
-    return json_answer(answer)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def list_connections(request: web.Request) -> web.Response:

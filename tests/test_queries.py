@@ -10,9 +10,12 @@ from typing import Any
 
 import aiosqlite
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from projector import answers
 from projector.cursors import InvalidCursor, encode_cursor
-from projector.storage.queries import SQLITE, SqlReads
+from projector.storage.queries import SQLITE, SqlReads, banner_json
 from projector.storage.sqlite import log, readers
 from projector.storage.sqlite.readers import ReaderPool
 from tests.storage_support import ODD_BODY, catch_up, direct, new_delivery, open_log, open_projected
@@ -81,6 +84,58 @@ async def test_account_connections_match_the_connections_table(
         for c in answer.connections
     ] == rows
     assert ("gmail", "expired") in [(c.slug, c.status) for c in answer.connections]
+
+
+async def test_the_banner_json_is_the_answer_model_rendered_byte_for_byte(
+    account_reads: SqlReads, populated: Path
+) -> None:
+    """The API sends account_connections_json: every account's bytes equal the model's JSON."""
+    accounts = direct(populated, "SELECT DISTINCT environment, linked_account_id FROM connections")
+    for environment, account in [*accounts, ("live", "nobody-at-all")]:
+        model = await account_reads.account_connections(environment, account)
+        body = await account_reads.account_connections_json(environment, account)
+        assert body == model.model_dump_json().encode(), (environment, account)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    environment=st.text(),
+    account=st.text(),
+    rows=st.lists(
+        st.tuples(
+            st.text(),
+            st.sampled_from(["connected", "expired", "deleted"]),
+            st.text(),
+            st.none() | st.text(),
+            st.text(),
+            st.text(),
+        ),
+        max_size=4,
+    ),
+)
+def test_banner_json_writes_any_text_as_pydantic_does(
+    environment: str, account: str, rows: list[tuple[Any, ...]]
+) -> None:
+    """Escapes, non-ASCII, control characters and null render alike on both paths."""
+    connections = [
+        answers.AccountConnection.model_construct(
+            slug=slug,
+            status=status,
+            status_since=since,
+            type=type_,
+            needs_reconnect=status == "expired",
+            first_seen=first,
+            last_event_at=last,
+        )
+        for slug, status, since, type_, first, last in rows
+    ]
+    model = answers.AccountConnections.model_construct(
+        linked_account_id=account,
+        environment=environment,
+        needs_reconnect=any(c.needs_reconnect for c in connections),
+        connections=connections,
+    )
+    assert banner_json(environment, account, rows) == model.model_dump_json().encode()
 
 
 async def walk_connections(

@@ -142,6 +142,9 @@ class Reads(Protocol):
         self, environment: str, account: str
     ) -> answers.AccountConnections: ...
 
+    async def account_connections_json(self, environment: str, account: str) -> bytes:
+        """The same answer as its JSON body, as the API sends it (cheaper than the model)."""
+
     async def list_connections(
         self, environment: str, status: str | None, slug: str | None, limit: int, cursor: str | None
     ) -> answers.ConnectionList: ...

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from projector import answers
 from projector.cursors import decode_cursor, encode_cursor
 from projector.fold.workflows import STATUS_PRECEDENCE
@@ -130,6 +132,10 @@ class SqlReads(StatusReads):
             needs_reconnect=any(c.needs_reconnect for c in connections),
             connections=connections,
         )
+
+    async def account_connections_json(self, environment: str, account: str) -> bytes:
+        """`account_connections` as its JSON body, built without the answer models."""
+        return banner_json(environment, account, await self._accounts.rows(environment, account))
 
     async def list_connections(
         self, environment: str, status: str | None, slug: str | None, limit: int, cursor: str | None
@@ -350,3 +356,32 @@ class SqlReads(StatusReads):
             errors=items,
             next_cursor=encode_cursor(items[-1].seq) if more else None,
         )
+
+
+def banner_json(environment: str, account: str, rows: Sequence[tuple[Any, ...]]) -> bytes:
+    """The banner answer's JSON, byte for byte what `answers.AccountConnections` renders.
+
+    The busiest read skips the models: building and dumping them cost ~18 µs of the event
+    loop per answer, this ~2 µs. Same keys in the same order; every value is a string, a
+    bool or null, which orjson and pydantic write alike (a test checks it on any text).
+    """
+    connections = [
+        {
+            "slug": slug,
+            "status": status,
+            "status_since": since,
+            "type": type_,
+            "needs_reconnect": status == "expired",
+            "first_seen": first,
+            "last_event_at": last,
+        }
+        for slug, status, since, type_, first, last in rows
+    ]
+    return orjson.dumps(
+        {
+            "linked_account_id": account,
+            "environment": environment,
+            "needs_reconnect": any(c["needs_reconnect"] for c in connections),
+            "connections": connections,
+        }
+    )

@@ -11,13 +11,18 @@ naive:    what most users write first: verify, one aiosqlite INSERT + COMMIT per
           request's COMMIT rides in that commit: naive group-commits by accident.
 naive-serial: naive with a lock around INSERT + COMMIT: one transaction, one flush, per
           delivery (context for the slow-fsync run).
-python -m tests.bench.baselines bare|verified|parsed|naive|naive-serial --port P [--db FILE]
+naive-read: what most users write first to serve the banner (get.lua's URL) from the same
+          database's connections table: bearer token check, one aiosqlite connection, one
+          query per request, `json.dumps` of the service's answer shape.
+python -m tests.bench.baselines KIND --port P [--db FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
+import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -120,6 +125,54 @@ async def insert(conn: aiosqlite.Connection, environment: str, body: bytes) -> N
     await conn.commit()
 
 
+def naive_read_app(db: Path, token: str) -> web.Application:
+    """GET /v1/accounts/{id}/connections?environment=E, one aiosqlite query per request."""
+    app = web.Application()
+    expected = f"Bearer {token}".encode()
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        conn = await aiosqlite.connect(f"file:{db}?mode=ro", uri=True)
+        app["conn"] = conn
+        yield
+        await conn.close()
+
+    async def get(request: web.Request) -> web.Response:
+        offered = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(offered, expected):
+            return web.json_response({"error": "unauthorised"}, status=401)
+        account = request.match_info["account"]
+        environment = request.query.get("environment", "live")
+        conn: aiosqlite.Connection = request.app["conn"]
+        rows = await conn.execute_fetchall(
+            "SELECT slug, status, status_since, type, first_seen, last_seen FROM connections"
+            " WHERE environment = ? AND linked_account_id = ? ORDER BY slug",
+            (environment, account),
+        )
+        connections = [
+            {
+                "slug": slug,
+                "status": status,
+                "status_since": since,
+                "type": type_,
+                "needs_reconnect": status == "expired",
+                "first_seen": first,
+                "last_event_at": last,
+            }
+            for slug, status, since, type_, first, last in rows
+        ]
+        answer = {
+            "linked_account_id": account,
+            "environment": environment,
+            "needs_reconnect": any(c["needs_reconnect"] for c in connections),
+            "connections": connections,
+        }
+        return web.Response(text=json.dumps(answer), content_type="application/json")
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/v1/accounts/{account}/connections", get)
+    return app
+
+
 async def serve(app: web.Application, port: int) -> None:
     """Serve like `projector serve` does: one process, one loop, until SIGTERM."""
     runner = web.AppRunner(app, access_log=None)
@@ -134,7 +187,8 @@ async def serve(app: web.Application, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=("bare", "verified", "parsed", "naive", "naive-serial"))
+    kinds = ("bare", "verified", "parsed", "naive", "naive-serial", "naive-read")
+    parser.add_argument("kind", choices=kinds)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db", type=Path)
     args = parser.parse_args(argv)
@@ -143,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         app = bare_app()
     elif args.kind in ("verified", "parsed"):
         app = ceiling_app(keys, parse=args.kind == "parsed")
+    elif args.kind == "naive-read":
+        app = naive_read_app(args.db, READ_TOKEN)
     else:
         app = naive_app(args.db, keys, serial=args.kind == "naive-serial")
     run_event_loop(serve(app, args.port))

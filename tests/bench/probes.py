@@ -154,11 +154,25 @@ def table(summary: dict[str, Any], rounds: list[dict[str, Any]], size: int) -> s
         ),
         ("ceiling: verified / bare", ("ingest_verified", "rate"), ("ingest_bare", "rate"), "-"),
         ("ceiling: parsed / bare", ("ingest_parsed", "rate"), ("ingest_bare", "rate"), "-"),
+        # The scan parses with orjson (issue 13); the rebuild may use two processes, so the
+        # per-core rows compare deliveries per CPU second (context, not the target).
         (
-            f"rebuild {size} / scan",
+            f"rebuild {size} / scan (orjson)",
             (f"rebuild_{size}", "rate"),
             (f"scan_{size}", "rate"),
             ">= 0.4",
+        ),
+        (
+            "  per core: rebuild / scan",
+            (f"rebuild_{size}", "rate_per_core"),
+            (f"scan_{size}", "rate_per_core"),
+            "-",
+        ),
+        (
+            "  scan orjson / json.loads",
+            (f"scan_{size}", "rate"),
+            (f"scan_json_{size}", "rate"),
+            "-",
         ),
         (
             f"rebuild {quarter} / scan",
@@ -166,7 +180,19 @@ def table(summary: dict[str, Any], rounds: list[dict[str, Any]], size: int) -> s
             (f"scan_{quarter}", "rate"),
             ">= 0.4",
         ),
-        ("banner GET / bare GET", ("get_banner", "rate"), ("get_bare", "rate"), ">= 0.5"),
+        ("cold banner GET / bare GET", ("get_banner", "rate"), ("get_bare", "rate"), ">= 0.4"),
+        (
+            "cold banner GET / naive read",
+            ("get_banner", "rate"),
+            ("get_naive_read", "rate"),
+            ">= 2",
+        ),
+        (
+            "  CPU/request: naive / cold banner",
+            ("get_naive_read", "server_cpu_us"),
+            ("get_banner", "server_cpu_us"),
+            "-",
+        ),
         ("banner GET hot / bare GET", ("get_banner_hot", "rate"), ("get_bare", "rate"), ">= 0.5"),
         ("banner 304 / bare GET", ("get_banner_304", "rate"), ("get_bare", "rate"), "-"),
     ]
@@ -177,7 +203,7 @@ def table(summary: dict[str, Any], rounds: list[dict[str, Any]], size: int) -> s
     for label, run, figure, target in (
         ("ingest p99 at half rate, ms", "ingest_service_half", "p99_ms", "<= 10"),
         ("projection lag p99, ms", "ingest_service_half", "lag_p99_ms", "<= 100"),
-        ("banner GET p99, ms", "get_banner", "p99_ms", "<= 5"),
+        ("cold banner GET p99, ms", "get_banner", "p99_ms", "<= 10"),
         ("banner GET hot p99, ms", "get_banner_hot", "p99_ms", "<= 5"),
         (f"rebuild {quarter} peak RSS, MB", f"rebuild_{quarter}", "peak_rss_mb", "flat"),
         (f"rebuild {size} peak RSS, MB", f"rebuild_{size}", "peak_rss_mb", "flat"),

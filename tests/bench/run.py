@@ -83,9 +83,13 @@ def baseline(kind: str, log: Path, db: Path | None = None) -> Server:
     return Server(command, service_env(db or log), log)
 
 
-def wrk(url: str, script: str, args: list[str], seconds: float) -> Figures:
-    """One wrk run (one thread, 64 connections); its figures plus the CPU wrk itself used."""
+def wrk(
+    url: str, script: str, args: list[str], seconds: float, server: Server | None = None
+) -> Figures:
+    """One wrk run (one thread, 64 connections); its figures plus the CPU wrk itself used,
+    and with `server` the server's CPU per request (µs, all its threads)."""
     command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{round(seconds)}s", "-s", str(BENCH / script)]
+    served = process_cpu(server.process.pid) if server else 0.0
     process = subprocess.Popen(
         [*command, url, "--", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -95,7 +99,17 @@ def wrk(url: str, script: str, args: list[str], seconds: float) -> Figures:
         raise RuntimeError(f"wrk failed: {output}")
     figures: Figures = json.loads(output.strip().splitlines()[-1])
     figures["load_cpu"] = round((usage.ru_utime + usage.ru_stime) / figures["seconds"], 3)
+    if server and figures["requests"]:
+        served = process_cpu(server.process.pid) - served
+        figures["server_cpu_us"] = served / figures["requests"] * 1e6
     return figures
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far, all threads."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_child(command: list[str], env: dict[str, str], cwd: Path = REPO) -> Figures:
@@ -113,6 +127,9 @@ def timed_child(command: list[str], env: dict[str, str], cwd: Path = REPO) -> Fi
     last = output.strip().splitlines()[-1] if output.strip() else ""
     if last.startswith("{"):
         figures.update(json.loads(last))
+    # wait4's usage covers the command and every child it waited for (the rebuild's second
+    # process), so this is the CPU the whole command took, on however many cores.
+    figures["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     return figures
 
 
@@ -150,14 +167,24 @@ def ingest_round(work: Path, bodies: Path, seconds: float) -> dict[str, Figures]
 
 def rebuild_round(logs: dict[int, Path], work: Path) -> dict[str, Figures]:
     out: dict[str, Figures] = {}
+    largest = max(logs)
     for size, db in logs.items():
         scan = [sys.executable, "-m", "tests.bench.scan", str(db)]
-        out[f"scan_{size}"] = timed_child(scan, dict(os.environ))
+        out[f"scan_{size}"] = per_core(timed_child(scan, dict(os.environ)), size)
+        if size == largest:  # context: the same scan with the standard library's json.loads
+            scanned = timed_child([*scan, "--parser", "json"], dict(os.environ))
+            out[f"scan_json_{size}"] = per_core(scanned, size)
         rebuild = [sys.executable, "-m", "projector.cli", "rebuild"]
         rebuilt = timed_child(rebuild, service_env(db), SERVICE_FROM[0])
         rebuilt["rate"] = size / rebuilt["seconds"]
-        out[f"rebuild_{size}"] = rebuilt
+        out[f"rebuild_{size}"] = per_core(rebuilt, size)
     return out
+
+
+def per_core(figures: Figures, deliveries: int) -> Figures:
+    """Add deliveries per CPU second: the rate on one core, whatever processes ran."""
+    figures["rate_per_core"] = deliveries / figures["cpu_seconds"]
+    return figures
 
 
 def query_round(db: Path, work: Path, seconds: float) -> dict[str, Figures]:
@@ -167,16 +194,21 @@ def query_round(db: Path, work: Path, seconds: float) -> dict[str, Figures]:
     # Cold: 25,000 accounts in turn, more than a run reaches, so every answer is read from
     # the database. Hot: 200 accounts, answered from the answer cache after the first pass.
     cold, hot = "25000", "200"
-    out["get_bare"] = wrk(bare.url, "get.lua", [READ_TOKEN, cold], seconds)
+    out["get_bare"] = wrk(bare.url, "get.lua", [READ_TOKEN, cold], seconds, bare)
     bare.stop()
     server = service(db, work / "service.log")
     out["startup"] = {"seconds": server.wait_ready("/healthz")}
-    out["get_banner"] = wrk(server.url, "get.lua", [READ_TOKEN, cold], seconds)
+    out["get_banner"] = wrk(server.url, "get.lua", [READ_TOKEN, cold], seconds, server)
     probes.write_etags(server.url, READ_TOKEN, work / "warm.txt", int(hot))  # warm the cache
     out["get_banner_hot"] = wrk(server.url, "get.lua", [READ_TOKEN, hot], seconds)
     etags = probes.write_etags(server.url, READ_TOKEN, work / "etags.txt", 2000)
     out["get_banner_304"] = wrk(server.url, "get.lua", [READ_TOKEN, cold, str(etags)], seconds)
     server.stop()
+    # After the service: its start-up has made the read-model tables on a fresh log.
+    naive = baseline("naive-read", work / "naive-read.log", db)
+    naive.wait_ready()
+    out["get_naive_read"] = wrk(naive.url, "get.lua", [READ_TOKEN, cold], seconds, naive)
+    naive.stop()
     return out
 
 
