@@ -153,6 +153,8 @@ class ForwardingLog:
                 peer.close()
                 self._peer = None
                 self._connected.clear()
+                # Readiness probes again (and fails) rather than trust an earlier commit.
+                self.last_commit = CommitOutcome(time.monotonic(), succeeded=False)
                 self._fail_waiting()
             logger.warning("writer_connection_lost")
 
