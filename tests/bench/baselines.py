@@ -12,6 +12,7 @@ naive:    what most users write first: verify, one aiosqlite INSERT + COMMIT per
 naive-serial: naive with a lock around INSERT + COMMIT: one transaction, one flush, per
           delivery (context for the slow-fsync run).
 python -m tests.bench.baselines bare|verified|parsed|naive|naive-serial --port P [--db FILE]
+    [--reuse-port]
 """
 
 from __future__ import annotations
@@ -120,11 +121,14 @@ async def insert(conn: aiosqlite.Connection, environment: str, body: bytes) -> N
     await conn.commit()
 
 
-async def serve(app: web.Application, port: int) -> None:
-    """Serve like `projector serve` does: one process, one loop, until SIGTERM."""
+async def serve(app: web.Application, port: int, reuse_port: bool = False) -> None:
+    """Serve like `projector serve` does: one process, one loop, until SIGTERM.
+
+    `reuse_port`: several processes share the port, as `serve --workers N`'s workers do.
+    """
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", port, reuse_port=reuse_port).start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("listening", flush=True)
@@ -137,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=("bare", "verified", "parsed", "naive", "naive-serial"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db", type=Path)
+    parser.add_argument("--reuse-port", action="store_true", help="share the port (SO_REUSEPORT)")
     args = parser.parse_args(argv)
     keys = load_settings(signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN).signing_keys
     if args.kind == "bare":
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         app = ceiling_app(keys, parse=args.kind == "parsed")
     else:
         app = naive_app(args.db, keys, serial=args.kind == "naive-serial")
-    run_event_loop(serve(app, args.port))
+    run_event_loop(serve(app, args.port, args.reuse_port))
     return 0
 
 

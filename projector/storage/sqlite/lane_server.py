@@ -18,19 +18,20 @@ from typing import Any
 
 import structlog
 
-from projector.storage.port import EventLog, Overloaded
+from projector.storage.port import Overloaded
 from projector.storage.rows import Appended
 from projector.storage.sqlite import frames
 from projector.storage.sqlite.frames import FrameProtocol, Message
+from projector.storage.sqlite.writer import WriteLane
 
 logger = structlog.get_logger("projector.writer")
 
 
 class LaneServer:
-    """Serves `log` (the write lane) on a Unix socket at `path`, readable by this user only."""
+    """Serves the write lane on a Unix socket at `path`, readable by this user only."""
 
-    def __init__(self, log: EventLog, path: Path) -> None:
-        self._log = log
+    def __init__(self, lane: WriteLane, path: Path) -> None:
+        self._lane = lane
         self._path = path
         self._peers: set[FrameProtocol] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -76,14 +77,18 @@ class LaneServer:
     def _received(self, peer: FrameProtocol, message: Message) -> None:
         kind, ident, payload = message
         work: Awaitable[Any]
-        if kind == frames.APPEND:
-            work = self._log.append(payload)
-        elif kind == frames.PROBE:
-            work = self._log.probe_write()
-        else:
-            logger.error("writer_frame_unknown", kind=str(kind)[:40])
-            peer.close()
-            return
+        try:
+            if kind == frames.APPEND:
+                work = self._lane.submit(payload)  # a future: no task per delivery
+            elif kind == frames.PROBE:
+                work = self._lane.probe_write()
+            else:
+                logger.error("writer_frame_unknown", kind=str(kind)[:40])
+                peer.close()
+                return
+        except Exception as exc:  # Overloaded or StorageUnavailable, raised before queueing
+            work = asyncio.get_running_loop().create_future()
+            work.set_exception(exc)
         asyncio.ensure_future(work).add_done_callback(partial(_answer, peer, ident))
 
 
