@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,18 @@ class Processes:
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.processes):
                 raise RuntimeError(f"not listening:\n{self.log.read_text(errors='replace')}")
             time.sleep(0.05)
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by these processes and their children (the supervisor's)."""
+        pids = [p.pid for p in self.processes]
+        for pid in list(pids):
+            children = Path(f"/proc/{pid}/task/{pid}/children")
+            pids += [int(child) for child in children.read_text().split()]
+        total = 0.0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+        return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         for process in self.processes:
@@ -108,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         figures = workers_round(work, bodies, args.seconds)
         rounds.append(figures)
         rates = {run: figures[f"workers_{run}"]["rate"] for run in RUNS}
+        cpu = {run: figures[f"workers_{run}"]["cpu_ms_per_delivery"] for run in RUNS}
         print(
             f"round {number}: "
-            + ", ".join(f"{run} {rate:.0f}/s" for run, rate in rates.items())
+            + ", ".join(f"{run} {rates[run]:.0f}/s {cpu[run]:.3f} cpu-ms" for run in RUNS)
             + f"; service2/service1 {rates['service2'] / rates['service1']:.2f}, "
             f"bare2/bare1 {rates['bare2'] / rates['bare1']:.2f}, "
             f"service2/bare2 {rates['service2'] / rates['bare2']:.2f}, "
@@ -119,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(json.dumps(figures), flush=True)
     for run in RUNS:
-        values = sorted(r[f"workers_{run}"]["rate"] for r in rounds)
-        low, median, high = values[0], values[len(values) // 2], values[-1]
-        print(f"median {run}: {median:.0f}/s (min {low:.0f}, max {high:.0f})")
+        for figure in ("rate", "cpu_ms_per_delivery", "server_cpu", "p99_ms"):
+            values = sorted(r[f"workers_{run}"][figure] for r in rounds)
+            low, median, high = values[0], values[len(values) // 2], values[-1]
+            print(f"median {run} {figure}: {median:g} (min {low:g}, max {high:g})")
     return 0
 
 
