@@ -95,9 +95,14 @@ def workers_round(work: Path, bodies: Path, seconds: float) -> dict[str, Figures
     for run in RUNS:
         server = start(run, work)
         try:
-            out[f"workers_{run}"] = wrk(
-                f"{server.url}/webhooks/refold", "post.lua", [str(bodies)], seconds
-            )
+            url = f"{server.url}/webhooks/refold"
+            before = server.cpu_seconds()
+            figures = wrk(url, "post.lua", [str(bodies)], seconds)
+            used = server.cpu_seconds() - before
+            # On a shared machine the rate follows the neighbours; CPU per delivery less so.
+            figures["server_cpu"] = round(used / figures["seconds"], 3)
+            figures["cpu_ms_per_delivery"] = round(1000 * used / max(figures["requests"], 1), 4)
+            out[f"workers_{run}"] = figures
         finally:
             server.stop()
         for path in work.glob(f"{run}.sqlite3*"):
