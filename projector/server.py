@@ -29,6 +29,8 @@ async def serve(
     `worker`: one HTTP worker of `serve --workers N`; its supervisor seeds and welcomes.
     """
     socket = None if worker is None else worker.writer_socket
+    if socket is not None:  # on SQLite the writer process derives and sends the alerts
+        settings = settings.model_copy(update={"alert_url": None})
     app = build_app(settings, writer_socket=socket)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
     try:

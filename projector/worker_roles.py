@@ -113,8 +113,10 @@ async def run_writer(settings: Settings, worker: WorkerRole) -> None:
         tasks.append(asyncio.create_task(alert_loop.run()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # Ctrl-C reaches the whole process group: the writer leaves it to the supervisor, which
+    # stops it after the HTTP workers, so their last deliveries still commit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     watch_supervisor(worker.supervisor_pipe, stop.set)
     await lane_server.start()
     logger.info("writer_listening", db=storage.description)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.alerting_support import expected_alerts, receiving, until
 from tests.support import AUTH, SAMPLE, Service, run_cli, sample_bodies, service_env, signed
 from tests.workers_support import (
     Load,
@@ -220,3 +221,25 @@ def test_a_bad_worker_count_is_a_configuration_error_saying_what_to_set(
     assert result.returncode == 2
     assert "PROJECTOR_WORKERS (or --workers)" in result.stderr
     assert "whole number from 1 to 64" in result.stderr
+
+
+async def test_on_sqlite_the_writer_process_alone_sends_each_alert_once(tmp_path: Path) -> None:
+    db = tmp_path / "two.sqlite3"
+    async with receiving() as receiver:
+        env = {"PROJECTOR_ALERT_URL": receiver.url, "PROJECTOR_ALERT_RETRY_SECONDS": "0.2"}
+        service = await asyncio.to_thread(workers(db, **env).start)
+        try:
+            await asyncio.to_thread(wait_ready, service)
+            statuses = await post_one_by_one(f"{service.url}/webhooks/refold", sample_bodies())
+            assert set(statuses) == {200}
+            expected = expected_alerts(db)
+            assert expected  # the sample raises alerts: the check below means something
+            await until(lambda: len(receiver.alerted()) >= len(expected), 30, "every alert")
+            await asyncio.sleep(1)  # time for a second sender, were there one, to repeat them
+        finally:
+            assert await asyncio.to_thread(service.stop) == 0
+    assert sorted(receiver.alerted(), key=lambda kind_seq: kind_seq[1]) == expected
+    senders = {
+        line["worker"] for line in log_lines(service) if line.get("message") == "alerting_started"
+    }
+    assert senders == {"writer"}
