@@ -226,7 +226,11 @@ def test_a_bad_worker_count_is_a_configuration_error_saying_what_to_set(
 async def test_on_sqlite_the_writer_process_alone_sends_each_alert_once(tmp_path: Path) -> None:
     db = tmp_path / "two.sqlite3"
     async with receiving() as receiver:
-        env = {"PROJECTOR_ALERT_URL": receiver.url, "PROJECTOR_ALERT_RETRY_SECONDS": "0.2"}
+        env = {
+            "PROJECTOR_ALERT_URL": receiver.url,
+            "PROJECTOR_ALERT_RETRY_SECONDS": "0.2",
+            "PROJECTOR_ALERT_MAX_PER_MINUTE": "10000",  # each alert on its own, no summary
+        }
         service = await asyncio.to_thread(workers(db, **env).start)
         try:
             await asyncio.to_thread(wait_ready, service)
