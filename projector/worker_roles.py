@@ -18,7 +18,7 @@ import structlog
 
 from projector.alerting import AlertLoop
 from projector.app import project_continuously
-from projector.config import Settings
+from projector.config import ConfigError, Settings
 from projector.metrics import Metrics
 from projector.storage.engine import OPEN_ERRORS, unusable
 from projector.storage.sqlite.adapter import SqliteStorage
@@ -49,7 +49,11 @@ class WorkerRole:
         if role is None:
             return None
         if role not in (HTTP, WRITER) or not environ.get(PIPE_ENV, "").isdigit():
-            raise RuntimeError(f"{ROLE_ENV} and {PIPE_ENV} are set by `serve --workers` only")
+            raise ConfigError(
+                f"{ROLE_ENV} is set, but `projector serve --workers N` sets it (with "
+                f"{PIPE_ENV}) for its own children only; unset it, and use --workers or "
+                "PROJECTOR_WORKERS to run several processes"
+            )
         socket = environ.get(SOCKET_ENV)
         return cls(
             role,

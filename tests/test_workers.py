@@ -247,3 +247,11 @@ async def test_on_sqlite_the_writer_process_alone_sends_each_alert_once(tmp_path
         line["worker"] for line in log_lines(service) if line.get("message") == "alerting_started"
     }
     assert senders == {"writer"}
+
+
+def test_a_stray_worker_role_variable_is_a_configuration_error(tmp_path: Path) -> None:
+    env = service_env(tmp_path / "x.sqlite3", PROJECTOR_WORKER_ROLE="http")
+    result = run_cli("serve", env=env, timeout=60)
+    assert result.returncode == 2
+    assert "PROJECTOR_WORKER_ROLE is set" in result.stderr
+    assert "unset it" in result.stderr
