@@ -83,6 +83,7 @@ async def run_writer(settings: Settings, worker: WorkerRole) -> None:
     """The SQLite writer process: the write lane, projector and alerts, served on the socket."""
     assert worker.writer_socket is not None
     assert isinstance(settings.db, Path)
+    supervisor = os.getppid()
     observed = Metrics()
     alert_loop: AlertLoop | None = None
 
@@ -132,4 +133,9 @@ async def run_writer(settings: Settings, worker: WorkerRole) -> None:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await storage.close()
+    if os.getppid() != supervisor:
+        # The supervisor died (even by SIGKILL) and cannot remove its private directory:
+        # empty now that the socket is gone, it goes with the writer.
+        with contextlib.suppress(OSError):
+            worker.writer_socket.parent.rmdir()
     logger.info("stopped")

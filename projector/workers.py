@@ -60,17 +60,17 @@ class Child:
 class Supervisor:
     """Starts, watches, restarts and stops the children of `serve --workers N`."""
 
-    def __init__(self, settings: Settings, rundir: Path) -> None:
+    def __init__(self, settings: Settings, rundir: Path | None) -> None:
         self._settings = settings
-        self._socket = rundir / "writer.sock"
+        # SQLite: where the writer process listens (PostgreSQL has no writer process).
+        self._socket = None if rundir is None else rundir / "writer.sock"
         # Children watch the read end; only this process holds the write end, so it closes
         # (and they see EOF) however this process ends.
         self._pipe_read, self._pipe_write = os.pipe()
         self._stop = asyncio.Event()
         self._stopping = False
         self.exit_code = 0
-        sqlite = isinstance(settings.db, Path)
-        self.writer = Child("writer", WRITER) if sqlite else None
+        self.writer = Child("writer", WRITER) if rundir is not None else None
         self.http = [Child(f"http-{n}", HTTP) for n in range(1, settings.workers + 1)]
 
     async def run(self, seed: list[bytes] | None) -> int:
@@ -116,7 +116,7 @@ class Supervisor:
                 "PROJECTOR_WORKERS": str(settings.workers),
             }
         )
-        if self.writer is not None:
+        if self._socket is not None:
             env[SOCKET_ENV] = str(self._socket)
         return env
 
@@ -137,6 +137,7 @@ class Supervisor:
         writer = self.writer
         assert writer is not None
         assert writer.process is not None
+        assert self._socket is not None
         while not self._socket.exists():
             if writer.process.returncode is not None:
                 logger.error("writer_failed_to_start", exit_status=writer.process.returncode)
@@ -229,10 +230,13 @@ async def _terminate(children: list[Child]) -> None:
 
 def supervise(settings: Settings, seed: list[bytes] | None) -> int:
     """Run `serve --workers N` (N > 1) until stopped; returns the exit code."""
-    rundir = Path(tempfile.mkdtemp(prefix="projector-workers-"))  # 0700: this user only
+    # The writer's socket (SQLite only) lives in a directory of this user's alone (0700).
+    sqlite = isinstance(settings.db, Path)
+    rundir = Path(tempfile.mkdtemp(prefix="projector-workers-")) if sqlite else None
     try:
         # asyncio's own loop: the supervisor does little, and its subprocess support is the
         # reference one.
         return asyncio.run(Supervisor(settings, rundir).run(seed))
     finally:
-        shutil.rmtree(rundir, ignore_errors=True)
+        if rundir is not None:
+            shutil.rmtree(rundir, ignore_errors=True)

@@ -187,8 +187,20 @@ def test_children_exit_by_themselves_when_the_supervisor_is_killed(tmp_path: Pat
     pids = children(service)
     assert set(pids) == {"writer", "http-1", "http-2"}
     assert all(alive(pid) for pid in pids.values())
+    socket = writer_socket(pids)
+    assert socket.parent.stat().st_mode & 0o777 == 0o700
+    assert socket.stat().st_mode & 0o777 == 0o600
     service.kill()
     wait_until(lambda: not any(alive(pid) for pid in pids.values()), 15, "every child's exit")
+    # The writer removed the supervisor's private directory, which the supervisor could not.
+    assert not socket.parent.exists()
+
+
+def writer_socket(pids: dict[str, int]) -> Path:
+    """Where the writer process listens, read from its environment."""
+    environ = Path(f"/proc/{pids['writer']}/environ").read_bytes().split(b"\0")
+    found = [v for v in environ if v.startswith(b"PROJECTOR_WRITER_SOCKET=")]
+    return Path(found[0].split(b"=", 1)[1].decode())
 
 
 def test_a_child_configuration_error_stops_the_supervisor_with_exit_2(tmp_path: Path) -> None:
