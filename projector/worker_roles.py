@@ -83,7 +83,6 @@ async def run_writer(settings: Settings, worker: WorkerRole) -> None:
     """The SQLite writer process: the write lane, projector and alerts, served on the socket."""
     assert worker.writer_socket is not None
     assert isinstance(settings.db, Path)
-    supervisor = os.getppid()
     observed = Metrics()
     alert_loop: AlertLoop | None = None
 
@@ -122,7 +121,13 @@ async def run_writer(settings: Settings, worker: WorkerRole) -> None:
     # Ctrl-C reaches the whole process group: the writer leaves it to the supervisor, which
     # stops it after the HTTP workers, so their last deliveries still commit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    watch_supervisor(worker.supervisor_pipe, stop.set)
+    orphaned = asyncio.Event()
+
+    def supervisor_gone() -> None:
+        orphaned.set()
+        stop.set()
+
+    watch_supervisor(worker.supervisor_pipe, supervisor_gone)
     await lane_server.start()
     logger.info("writer_listening", db=storage.description)
     await stop.wait()
@@ -133,7 +138,7 @@ async def run_writer(settings: Settings, worker: WorkerRole) -> None:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await storage.close()
-    if os.getppid() != supervisor:
+    if orphaned.is_set():
         # The supervisor died (even by SIGKILL) and cannot remove its private directory:
         # empty now that the socket is gone, it goes with the writer.
         with contextlib.suppress(OSError):
