@@ -38,6 +38,7 @@ pytest: $(STAMP)
 # A few minutes in all.
 reliability: $(STAMP)
 	$(BIN)/python -m tests.crash_loop --kills 12
+	$(BIN)/python -m tests.crash_loop --kills 6 --workers 2
 	HYPOTHESIS_PROFILE=reliability $(BIN)/pytest -q -p no:cacheprovider \
 		tests/test_hostile.py tests/test_fuzz.py tests/test_machine_faults.py tests/test_crash.py \
 		--hypothesis-show-statistics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -54,8 +55,15 @@ async def project_continuously(
             await projector.wait_for_appends(IDLE_POLL_SECONDS)
 
 
-def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> web.Application:
-    """The whole service as an aiohttp application; storage opens on start-up."""
+def build_app(
+    settings: Settings,
+    clock: Callable[[], datetime] = utc_now,
+    writer_socket: Path | None = None,
+) -> web.Application:
+    """The whole service as an aiohttp application; storage opens on start-up.
+
+    `writer_socket`: an HTTP worker of `serve --workers N` (SQLite), see projector.workers.
+    """
     answers = AnswerCache()
     observed = metrics.Metrics()
     watch = health.ProjectorWatch()
@@ -80,6 +88,7 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> we
         max_pending=settings.max_pending,
         on_read_models_changed=read_models_changed,
         on_batch=observed.commit_batch_size.observe,
+        writer_socket=writer_socket,
     )
     change_hub = changes.add_change_stream(app, settings, storage.reads)
     app[STORAGE] = storage

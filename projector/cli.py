@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from projector import integrity, schemas, server
+import structlog
+
+from projector import integrity, schemas, server, workers
 from projector.cli_doctor import add_command as add_doctor_command
 from projector.cli_log import add_commands as add_log_commands
 from projector.cli_subscriptions import add_commands as add_subscription_commands
@@ -20,6 +23,7 @@ from projector.sender import send_bodies, terminal_progress
 from projector.storage.engine import NOT_A_DATABASE, check_location, open_reads
 from projector.storage.port import LogSchemaError, RebuildSuperseded, StorageUnavailable
 from projector.storage.rows import RowsDoNotContinue
+from projector.worker_roles import WRITER, WorkerRole, run_writer
 
 EXIT_CONFIG = 2
 
@@ -27,7 +31,11 @@ EXIT_CONFIG = 2
 def _settings(args: argparse.Namespace, *, secrets: bool, read_tokens: bool = True) -> Settings:
     overrides = {
         k: v
-        for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)))
+        for k, v in (
+            ("host", getattr(args, "host", None)),
+            ("port", getattr(args, "port", None)),
+            ("workers", getattr(args, "workers", None)),
+        )
         if v is not None
     }
     return load_settings(
@@ -59,7 +67,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_format, settings.log_level)
     seed = None if args.seed is None else _read_bodies(args.seed)
     check_location(settings.db, readonly=False, create=True)
-    server.run_event_loop(server.serve(settings, seed))
+    role = WorkerRole.from_environment(os.environ)  # set only by `serve --workers N`
+    if role is not None:  # each line of a child says which one wrote it
+        structlog.contextvars.bind_contextvars(worker=role.name, pid=os.getpid())
+    if role is None and settings.workers > 1:
+        return workers.supervise(settings, seed)
+    if role is not None and role.role == WRITER:
+        server.run_event_loop(run_writer(settings, role))
+        return 0
+    server.run_event_loop(server.serve(settings, seed, role))
     return 0
 
 
@@ -194,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--port",
         type=whole_number("port", 1, 65535),
         help="port to listen on (PROJECTOR_PORT, default 8080)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=str,
+        metavar="N",
+        help="processes sharing the port, for every core (PROJECTOR_WORKERS, default 1)",
     )
     serve.add_argument(
         "--seed",

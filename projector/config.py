@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     alert_url: str | None = Field(default=None, repr=False)
     alert_max_per_minute: int = Field(default=30, ge=1, le=10_000)
     alert_retry_seconds: float = Field(default=10.0, gt=0, le=600)
+    # `projector serve --workers N`: processes sharing the port (projector.workers); 1 is
+    # one ordinary process, with no supervisor.
+    workers: int = 1
 
     @field_validator("signing_keys", mode="before")
     @classmethod
@@ -153,6 +156,11 @@ class Settings(BaseSettings):
     @classmethod
     def _max_lag(cls, value: Any) -> float:
         return parse_max_lag(value)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> int:
+        return parse_workers(value)
 
     @field_validator("access_log", mode="before")
     @classmethod
@@ -223,6 +231,20 @@ def parse_max_lag(raw: object) -> float:
             "seconds above 0 and at most 86400 (default 30)"
         )
     return seconds
+
+
+MAX_WORKERS = 64
+
+
+def parse_workers(raw: object) -> int:
+    """PROJECTOR_WORKERS / --workers: how many processes serve, a whole number 1..64."""
+    text = str(raw).strip()
+    if not re.fullmatch("[0-9]{1,6}", text) or not 1 <= int(text) <= MAX_WORKERS:
+        raise ConfigError(
+            f"PROJECTOR_WORKERS (or --workers) is {text[:40]!r}; set it to a whole number from 1 "
+            f"to {MAX_WORKERS}, such as the machine's number of cores (default 1: one process)"
+        )
+    return int(text)
 
 
 def parse_switch(name: str, raw: object) -> bool:

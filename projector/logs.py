@@ -35,7 +35,9 @@ def configure_logging(log_format: str = "auto", log_level: str = "info") -> None
             else structlog.dev.set_exc_info,
             renderer,
         ],
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line (print() writes the newline apart): the processes of
+        # `serve --workers N` share stderr, and their lines must not run into each other.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         # Lines below the level cost one method call: no event dict is built or rendered.
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[log_level.upper()]

@@ -16,18 +16,29 @@ from projector.config import ConfigError, Settings
 from projector.sender import send_bodies
 from projector.storage.engine import OPEN_ERRORS, unusable
 from projector.storage.port import Reads
+from projector.worker_roles import WorkerRole, watch_supervisor
 
 logger = structlog.get_logger("projector.server")
 
 
-async def serve(settings: Settings, seed: list[bytes] | None) -> None:
-    """Serve until SIGINT or SIGTERM; `seed` bodies are sent to an empty log once listening."""
-    runner = web.AppRunner(build_app(settings), access_log=None, shutdown_timeout=10)
+async def serve(
+    settings: Settings, seed: list[bytes] | None, worker: WorkerRole | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM; `seed` bodies are sent to an empty log once listening.
+
+    `worker`: one HTTP worker of `serve --workers N`; its supervisor seeds and welcomes.
+    """
+    socket = None if worker is None else worker.writer_socket
+    if socket is not None:  # on SQLite the writer process derives and sends the alerts
+        settings = settings.model_copy(update={"alert_url": None})
+    app = build_app(settings, writer_socket=socket)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
     try:
         await runner.setup()  # opens and migrates the log
     except OPEN_ERRORS as exc:
         raise unusable(settings.db, f"cannot open the log ({exc})") from None
-    site = web.TCPSite(runner, settings.host, settings.port)
+    # Workers share the port: the kernel spreads connections among them (SO_REUSEPORT).
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=worker is not None)
     try:
         await site.start()
     except OSError as exc:
@@ -43,9 +54,12 @@ async def serve(settings: Settings, seed: list[bytes] | None) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    if seed is not None:
-        await _seed(settings, storage.reads, url, seed)
-    _print_welcome(settings, url)
+    if worker is not None:
+        watch_supervisor(worker.supervisor_pipe, stop.set)
+    else:
+        if seed is not None:
+            await seed_empty_log(settings, storage.reads, url, seed)
+        print_welcome(settings, url)
     await stop.wait()
     logger.info("shutting_down", reason="signal")
     # Stops accepting, lets in-flight deliveries finish and commit, then closes the log.
@@ -58,7 +72,7 @@ def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
     return type(loop).__module__.split(".")[0]
 
 
-def _print_welcome(settings: Settings, url: str) -> None:
+def print_welcome(settings: Settings, url: str) -> None:
     """Where it listens and a curl to paste; the token only on a terminal, never in logs."""
     interactive = sys.stdout.isatty()
     token = settings.read_tokens[0].decode() if interactive else "<a PROJECTOR_READ_TOKENS token>"
@@ -71,7 +85,8 @@ def _print_welcome(settings: Settings, url: str) -> None:
     )
 
 
-async def _seed(settings: Settings, reads: Reads, url: str, bodies: list[bytes]) -> None:
+async def seed_empty_log(settings: Settings, reads: Reads, url: str, bodies: list[bytes]) -> None:
+    """Send `bodies` to the service at `url`, one at a time, if its log is empty."""
     state = await reads.projection_states()
     if state.log_head:
         logger.info("seed_skipped", reason="the log is not empty", log_head=state.log_head)

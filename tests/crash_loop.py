@@ -1,14 +1,19 @@
 """The crash test: SIGKILL a loaded `projector serve` again and again, then audit the log.
 
 `make reliability` runs it at full length; tests/test_crash.py runs a short version.
-python -m tests.crash_loop [--kills N] [--seed S] [--workdir DIR]
+python -m tests.crash_loop [--kills N] [--seed S] [--workdir DIR] [--workers N]
+
+With --workers N (N > 1) it runs `serve --workers N` and each SIGKILL hits one of its
+children, chosen at random among the HTTP workers and the writer; the supervisor restarts it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +27,7 @@ from pathlib import Path
 from tests.crash_load import delivery
 from tests.storage_support import read_models
 from tests.support import REPO, Service, run_cli, wait_projected_http
+from tests.workers_support import children, wait_ready, wait_until
 
 
 @dataclass
@@ -82,7 +88,39 @@ def _claimed_generation(db: Path) -> int:
         )
 
 
-def _kill_during_rebuild(service: Service, rng: random.Random, attempts: int = 5) -> bool:
+class Killer:
+    """SIGKILLs the service: the one process, or one child of `serve --workers N` at random."""
+
+    def __init__(self, service: Service, workers: int, rng: random.Random) -> None:
+        self.service = service
+        self.workers = workers
+        self.rng = rng
+        self.killed: Counter[str] = Counter()
+        self.last: tuple[str, int] | None = None
+
+    def kill(self) -> str:
+        """Kill; returns which process."""
+        if self.workers == 1:
+            self.service.kill()
+            return "the service"
+        started = children(self.service)
+        name = self.rng.choice(sorted(started))
+        os.kill(started[name], signal.SIGKILL)
+        self.last = (name, started[name])
+        self.killed[name] += 1
+        return name
+
+    def restart(self) -> None:
+        """Start the service again, or wait for the supervisor to restart the child."""
+        if self.last is None:
+            self.service.start()
+            return
+        name, pid = self.last
+        wait_until(lambda: children(self.service)[name] != pid, 30, f"{name}'s restart")
+        wait_ready(self.service, 60)
+
+
+def _kill_during_rebuild(service: Service, killer: Killer, attempts: int = 5) -> bool:
     """Start `projector rebuild` beside the server and SIGKILL both mid-rebuild.
 
     The kill comes at a random moment after the rebuild claimed its generation. Whether it
@@ -90,7 +128,7 @@ def _kill_during_rebuild(service: Service, rng: random.Random, attempts: int = 5
     rebuild never swapped. A rebuild that finished first is followed by another, killed
     sooner (bounded); True if one was hit.
     """
-    delay = rng.uniform(0.0, 0.3)
+    delay = killer.rng.uniform(0.0, 0.3)
     for _ in range(attempts):
         before = _claimed_generation(service.db)
         rebuild = subprocess.Popen(
@@ -109,10 +147,10 @@ def _kill_during_rebuild(service: Service, rng: random.Random, attempts: int = 5
         rebuild.kill()
         rebuild.wait(10)
         if _claimed_generation(service.db) > before:  # claimed, never swapped: hit mid-way
-            service.kill()
+            killer.kill()
             return True
         delay /= 4
-    service.kill()
+    killer.kill()
     return False
 
 
@@ -184,12 +222,16 @@ def _check_against_rebuild(service: Service, figures: CrashFigures) -> None:
 
 
 def run_crash_loop(
-    workdir: Path, kills: int, seed: int, say: Callable[[str], None] = print
+    workdir: Path, kills: int, seed: int, say: Callable[[str], None] = print, workers: int = 1
 ) -> CrashFigures:
     """Load, kill -9 `kills` times (every third kill during a rebuild), restart, audit."""
     rng = random.Random(seed)
     figures = CrashFigures()
-    service = Service(workdir / "crash.sqlite3").start()
+    serve_args = ("--workers", str(workers)) if workers > 1 else ()
+    service = Service(workdir / "crash.sqlite3", serve_args=serve_args).start()
+    if workers > 1:
+        wait_ready(service)
+    killer = Killer(service, workers, rng)
     acks = workdir / "acks.txt"
     url = f"{service.url}/webhooks/refold"
     load = subprocess.Popen(
@@ -206,24 +248,27 @@ def run_crash_loop(
             figures.kills_under_load += _wait_for_acks(acks, acked_at_start)
             time.sleep(rng.uniform(0.3, 1.5))
             if number % 3 == 2 or (number == kills and not figures.kills_during_rebuild):
-                during = _kill_during_rebuild(service, rng)
+                during = _kill_during_rebuild(service, killer)
                 figures.kills_during_rebuild += during
                 moment = "during a rebuild" if during else "after rebuilds that all finished first"
             else:
-                service.kill()
+                killer.kill()
                 moment = "under load"
             figures.kills += 1
             behind = _projection_behind(service.db)
             figures.kills_with_projection_behind += behind
-            say(f"kill {number}: SIGKILL {moment}; projection behind the head: {behind}")
+            victim = "" if workers == 1 else f" of {killer.last[0] if killer.last else '?'}"
+            say(f"kill {number}: SIGKILL{victim} {moment}; projection behind the head: {behind}")
             acked_at_start = _acked(acks)
-            service.start()
+            killer.restart()
         time.sleep(0.5)
     finally:
         load.terminate()
         output, _ = load.communicate(timeout=60)
     summary = json.loads(output.strip().splitlines()[-1])
     say(f"load: {summary}")
+    if workers > 1:
+        say(f"SIGKILLs by child: {dict(sorted(killer.killed.items()))}")
     figures.attempted = summary["attempted"]
     # Sent, then the connection died: these were queued or being committed at the kill.
     figures.cut_off = sum(
@@ -245,13 +290,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=8, help="SIGKILLs per run (default 8)")
     parser.add_argument("--seed", type=int, help="for the kill moments; printed, to re-run one")
     parser.add_argument("--workdir", type=Path, help="keep the database and logs here")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="serve --workers N; kills hit its children"
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
-    print(f"crash loop: {args.kills} kills, seed {seed}", flush=True)
+    workers = "" if args.workers == 1 else f", serve --workers {args.workers}"
+    print(f"crash loop: {args.kills} kills, seed {seed}{workers}", flush=True)
     with tempfile.TemporaryDirectory(prefix="crash-loop-") as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        figures = run_crash_loop(workdir, args.kills, seed, lambda line: print(line, flush=True))
+        figures = run_crash_loop(
+            workdir, args.kills, seed, lambda line: print(line, flush=True), args.workers
+        )
     for line in figures.lines():
         print(line)
     return 0 if figures.ok else 1

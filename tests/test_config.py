@@ -376,3 +376,34 @@ def test_alert_url_other_than_http_is_refused_without_showing_it(
 def test_alert_url_is_not_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROJECTOR_ALERT_URL", "https://hooks.example.com/secret-part")
     assert "secret-part" not in repr(load_settings(require_secrets=False))
+
+
+# --- PROJECTOR_WORKERS ----------------------------------------------------------------------
+
+
+def test_one_worker_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROJECTOR_WORKERS", raising=False)
+    assert load_settings(require_secrets=False).workers == 1
+
+
+def test_workers_are_read_from_projector_workers_and_the_option_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PROJECTOR_WORKERS", " 4 ")
+    assert load_settings(require_secrets=False).workers == 4
+    assert load_settings(require_secrets=False, workers="2").workers == 2
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "65", "two", "1.5", "", "²", "1e3"])
+def test_a_bad_worker_count_is_refused_saying_what_to_set(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv("PROJECTOR_WORKERS", raw)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(require_secrets=False)
+    assert "PROJECTOR_WORKERS (or --workers)" in str(refused.value)
+    assert "a whole number from 1 to 64" in str(refused.value)
+
+
+def test_the_largest_worker_count_is_accepted() -> None:
+    assert load_settings(require_secrets=False, workers=64).workers == 64

@@ -22,6 +22,7 @@ from projector.storage.postgres.maintenance import open_maintenance as open_post
 from projector.storage.queries import SQLITE, SqlReads
 from projector.storage.sqlite import database
 from projector.storage.sqlite.adapter import SqliteMaintenance, SqliteStorage
+from projector.storage.sqlite.forwarding import WorkerStorage
 from projector.storage.sqlite.readers import ReaderPool
 
 # What opening a log can raise, on either engine, besides ConfigError: each becomes one line.
@@ -65,14 +66,26 @@ def storage_for(
     max_pending: int,
     on_read_models_changed: Callable[[], None],
     on_batch: Callable[[int], None],
+    writer_socket: Path | None = None,
 ) -> Storage:
-    """The storage `projector serve` runs on; `open()` connects it."""
+    """The storage `projector serve` runs on; `open()` connects it.
+
+    `writer_socket`: an HTTP worker of `serve --workers N` on SQLite, appending through the
+    writer process listening there (PostgreSQL workers append themselves: it is ignored).
+    """
     if isinstance(location, PostgresUrl):
         return PostgresStorage(
             location,
             max_pending=max_pending,
             on_read_models_changed=on_read_models_changed,
             on_batch=on_batch,
+        )
+    if writer_socket is not None:
+        return WorkerStorage(
+            location,
+            writer_socket,
+            max_pending=max_pending,
+            on_read_models_changed=on_read_models_changed,
         )
     return SqliteStorage(
         location,

@@ -14,7 +14,7 @@ naive-serial: naive with a lock around INSERT + COMMIT: one transaction, one flu
 naive-read: what most users write first to serve the banner (get.lua's URL) from the same
           database's connections table: bearer token check, one aiosqlite connection, one
           query per request, `json.dumps` of the service's answer shape.
-python -m tests.bench.baselines KIND --port P [--db FILE]
+python -m tests.bench.baselines KIND --port P [--db FILE] [--reuse-port]
 """
 
 from __future__ import annotations
@@ -173,11 +173,14 @@ def naive_read_app(db: Path, token: str) -> web.Application:
     return app
 
 
-async def serve(app: web.Application, port: int) -> None:
-    """Serve like `projector serve` does: one process, one loop, until SIGTERM."""
+async def serve(app: web.Application, port: int, reuse_port: bool = False) -> None:
+    """Serve like `projector serve` does: one process, one loop, until SIGTERM.
+
+    `reuse_port`: several processes share the port, as `serve --workers N`'s workers do.
+    """
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", port, reuse_port=reuse_port).start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("listening", flush=True)
@@ -191,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("kind", choices=kinds)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db", type=Path)
+    parser.add_argument("--reuse-port", action="store_true", help="share the port (SO_REUSEPORT)")
     args = parser.parse_args(argv)
     keys = load_settings(signing_keys=SIGNING_KEYS, read_tokens=READ_TOKEN).signing_keys
     if args.kind == "bare":
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         app = naive_read_app(args.db, READ_TOKEN)
     else:
         app = naive_app(args.db, keys, serial=args.kind == "naive-serial")
-    run_event_loop(serve(app, args.port))
+    run_event_loop(serve(app, args.port, args.reuse_port))
     return 0
 
 

@@ -49,9 +49,13 @@ def prepare(conn: sqlite3.Connection) -> list[str]:
     return stale
 
 
+# Every projection's position and generation: they change whenever a read model does.
+PROJECTION_STATES_SQL = "SELECT name, position, generation FROM projections ORDER BY name"
+
+
 def state_token(conn: sqlite3.Connection) -> tuple[tuple[str, int, int], ...]:
     """Every projection's position and generation: it changes whenever a read model does."""
-    rows = conn.execute("SELECT name, position, generation FROM projections ORDER BY name")
+    rows = conn.execute(PROJECTION_STATES_SQL)
     return tuple(rows.fetchall())
 
 

@@ -99,6 +99,14 @@ class WriteLane:
 
     async def append(self, delivery: NewDelivery) -> Appended:
         """Append one delivery; returns after its commit is durable."""
+        return await self.submit(delivery)
+
+    def submit(self, delivery: NewDelivery) -> asyncio.Future[Appended]:
+        """Queue one delivery; the future resolves after its commit is durable.
+
+        `append` without a coroutine: the writer process calls it for every delivery a
+        worker sends, and a task for each would cost its loop as much as the rest.
+        """
         if self._closing or self._loop is None or self._stopped is None or self._stopped.done():
             raise StorageUnavailable("the write lane is closed")
         if self._pending >= self._max_pending:
@@ -106,7 +114,7 @@ class WriteLane:
         future: asyncio.Future[Appended] = self._loop.create_future()
         self._pending += 1
         self._inbox.put(_Append(delivery, future))
-        return await future
+        return future
 
     async def probe_write(self) -> None:
         """Append a row as the receiver would, then roll it back, in turn with the appends."""
