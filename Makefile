@@ -46,12 +46,14 @@ reliability: $(STAMP)
 
 # The service against its baselines (BENCHMARKS.md); needs wrk (Debian: apt-get install wrk).
 # The first run builds 250k- and 1M-delivery logs under bench-results/ (a few minutes).
-# Then ingest with a 2 ms fsync (an LD_PRELOAD shim built with gcc; about 4 minutes), and
+# Then ingest with a 2 ms fsync (an LD_PRELOAD shim built with gcc; about 4 minutes),
+# serve --workers 2 against two bare processes on one port (about 2 minutes), and
 # the PostgreSQL part (pgbench too), when a server answers at PROJECTOR_TEST_POSTGRES; then
 # bytes on disk per delivery on both engines (a 200k log built and folded; a few minutes).
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run
 	$(BIN)/python -m tests.bench.slow_fsync --ms 2
+	$(BIN)/python -m tests.bench.workers --rounds 3
 	$(BIN)/python -m tests.bench.postgres --if-server
 	$(BIN)/python -m tests.bench.disk_use --if-server
 

@@ -90,6 +90,8 @@ def build_app(
         on_batch=observed.commit_batch_size.observe,
         writer_socket=writer_socket,
     )
+    if storage.shared_changes is not None:  # an HTTP worker: the writer process folds
+        answers.follow(storage.shared_changes)
     change_hub = changes.add_change_stream(app, settings, storage.reads)
     app[STORAGE] = storage
     if settings.alert_url:

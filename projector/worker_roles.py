@@ -22,6 +22,7 @@ from projector.config import ConfigError, Settings
 from projector.metrics import Metrics
 from projector.storage.engine import OPEN_ERRORS, unusable
 from projector.storage.sqlite.adapter import SqliteStorage
+from projector.storage.sqlite.change_count import SharedChangeCount, change_count_path
 from projector.storage.sqlite.lane_server import LaneServer
 
 logger = structlog.get_logger("projector.workers")
@@ -87,6 +88,8 @@ async def run_writer(settings: Settings, worker: WorkerRole) -> None:
     alert_loop: AlertLoop | None = None
 
     def read_models_changed() -> None:
+        # Counted first: the appends this change covers are answered after this returns.
+        change_count.bump()
         lane_server.read_models_changed()
         if alert_loop is not None:
             alert_loop.wake()
@@ -99,6 +102,7 @@ async def run_writer(settings: Settings, worker: WorkerRole) -> None:
         on_batch=observed.commit_batch_size.observe,
     )
     lane_server = LaneServer(storage.log, worker.writer_socket)
+    change_count = SharedChangeCount(change_count_path(worker.writer_socket))
     try:
         await storage.open()
     except OPEN_ERRORS as exc:
@@ -138,9 +142,11 @@ async def run_writer(settings: Settings, worker: WorkerRole) -> None:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await storage.close()
+    change_count.close()
     if orphaned.is_set():
         # The supervisor died (even by SIGKILL) and cannot remove its private directory:
-        # empty now that the socket is gone, it goes with the writer.
+        # empty once the socket and the count are gone, it goes with the writer.
         with contextlib.suppress(OSError):
+            change_count_path(worker.writer_socket).unlink()
             worker.writer_socket.parent.rmdir()
     logger.info("stopped")

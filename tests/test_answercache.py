@@ -44,3 +44,28 @@ def test_the_least_recently_used_answer_goes_first_beyond_capacity() -> None:
         None,
         True,
     )
+
+
+def test_a_followed_count_that_moves_makes_every_kept_answer_stale() -> None:
+    """An HTTP worker follows the writer process's count: a bump it has no frame for yet
+    still drops what it kept, on the very next read."""
+    count = [7]
+    cache = AnswerCache()
+    cache.follow(lambda: count[0])
+    assert cache.get("/v1/a") is None  # the first read takes up the count
+    cache.put("/v1/a", answer(cache))
+    assert cache.get("/v1/a") is not None  # the count stands: the answer stands
+    count[0] += 1
+    assert cache.get("/v1/a") is None
+
+
+def test_an_answer_read_while_a_followed_count_moved_is_not_served() -> None:
+    """Read before the bump, kept after it (no read came between): the next read drops it."""
+    count = [0]
+    cache = AnswerCache()
+    cache.follow(lambda: count[0])
+    assert cache.get("/v1/a") is None
+    started = answer(cache)
+    count[0] += 1
+    cache.put("/v1/a", started)
+    assert cache.get("/v1/a") is None

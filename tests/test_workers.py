@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.alerting_support import expected_alerts, receiving, until
@@ -116,6 +117,51 @@ def test_an_acknowledged_delivery_is_read_at_once_through_the_same_worker(
             assert answer.read().count(b'"slug"') == len(slugs)
     finally:
         service.stop()
+
+
+async def _read_then_post_then_read(base: str, slugs: list[str]) -> list[int]:
+    """For each slug: read the banner 6 times, post its creation, read 6 times again; each
+    request on a new connection, so either worker may take it. The slug counts seen after."""
+    path = f"{base}/v1/accounts/acct_any/connections?environment=live"
+    seen: list[int] = []
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for slug in slugs:
+            for _ in range(6):  # both workers now keep this answer, most likely
+                async with session.get(path, headers=AUTH) as answer:
+                    assert answer.status == 200
+            body = (
+                b'{"linked_account_id":"acct_any","org_id":"o","environment":"live",'
+                b'"type":"General","event":"Connection Created","slug":"%s",'
+                b'"createdAt":"Tue, 07 Nov 2023 08:38:33 GMT"}' % slug.encode()
+            )
+            url = f"{base}/webhooks/refold"
+            async with session.post(url, data=body, headers=signed(body)) as answer:
+                assert answer.status == 200
+            for _ in range(6):
+                async with session.get(path, headers=AUTH) as answer:
+                    seen.append((await answer.read()).count(b'"slug"'))
+    return seen
+
+
+def test_an_acknowledged_delivery_is_read_at_once_through_either_worker(
+    tmp_path: Path,
+) -> None:
+    """No worker serves an answer it kept from before a delivery another worker acknowledged."""
+    service = workers(tmp_path / "two.sqlite3", PROJECTOR_ACCESS_LOG="true").start()
+    try:
+        wait_ready(service)
+        slugs = [f"app{n}" for n in range(15)]
+        seen = asyncio.run(_read_then_post_then_read(service.url, slugs))
+        assert seen == [n for n in range(1, len(slugs) + 1) for _ in range(6)]
+        read_by = {
+            line["worker"]
+            for line in log_lines(service)
+            if line.get("message") == "request" and line.get("method") == "GET"
+        }
+        assert read_by == {"http-1", "http-2"}  # the precondition: both workers kept answers
+    finally:
+        assert service.stop() == 0
 
 
 def test_kill_9_of_a_worker_and_of_the_writer_under_load_loses_no_acknowledged_delivery(

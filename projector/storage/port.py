@@ -7,7 +7,7 @@ the read queries both engines speak; nothing outside `projector/storage/` import
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
@@ -264,6 +264,10 @@ class Storage(Protocol):
 
     @property
     def alerts(self) -> AlertOutbox: ...
+
+    @property
+    def shared_changes(self) -> Callable[[], int] | None:
+        """Another process's count of read-model changes, for the answer cache to follow."""
 
     async def open(self) -> None:
         """Connect, create or migrate the schema, rebuild projections whose version changed."""

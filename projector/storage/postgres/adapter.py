@@ -50,6 +50,10 @@ class PostgresReads:
 class PostgresStorage:
     """One PostgreSQL database, shared by any number of service processes."""
 
+    # Other processes' folds arrive by LISTEN/NOTIFY; their projection is never in the
+    # commit that acknowledged a delivery, so there is no count to follow.
+    shared_changes = None
+
     def __init__(
         self,
         url: PostgresUrl,

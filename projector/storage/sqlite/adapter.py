@@ -56,6 +56,8 @@ class SqliteProjector:
 class SqliteStorage:
     """The log, projector, reads and alert outbox of one SQLite file (port.Storage)."""
 
+    shared_changes = None  # this process folds: it knows when the read models change
+
     def __init__(
         self,
         path: Path,

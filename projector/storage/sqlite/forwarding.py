@@ -22,6 +22,7 @@ from projector.storage.port import AlertOutbox, CommitOutcome, Overloaded, Stora
 from projector.storage.queries import SQLITE, SqlReads
 from projector.storage.rows import Appended, NewDelivery
 from projector.storage.sqlite import frames
+from projector.storage.sqlite.change_count import SharedChangeCount, change_count_path
 from projector.storage.sqlite.frames import FrameProtocol, Message
 from projector.storage.sqlite.projection import PROJECTION_STATES_SQL
 from projector.storage.sqlite.readers import ReaderPool
@@ -201,6 +202,8 @@ class WorkerStorage:
         self.log = ForwardingLog(socket, max_pending, on_read_models_changed)
         self.projector = FollowingProjector(self._readers)
         self.reads = SqlReads(self._readers.fetch, SQLITE)
+        self._changes = SharedChangeCount(change_count_path(socket))
+        self.shared_changes = self._changes.read
 
     @property
     def alerts(self) -> AlertOutbox:
@@ -213,3 +216,4 @@ class WorkerStorage:
     async def close(self) -> None:
         await self.log.close()
         await self._readers.close()
+        self._changes.close()
