@@ -143,8 +143,10 @@ def table(summary: dict[str, Any], rounds: list[dict[str, Any]], size: int) -> s
             )
     quarter = size // 4
     checks = [
-        ("ingest service / bare", ("ingest_service", "rate"), ("ingest_bare", "rate"), ">= 0.6"),
-        ("ingest service / naive", ("ingest_service", "rate"), ("ingest_naive", "rate"), ">= 8"),
+        # Issue 13 withdrew "0.6x bare" and "8x naive": the targets are now 0.5x the verified
+        # ceiling and 1.5x naive on this disk (10x naive with a 2 ms fsync: slow_fsync.py).
+        ("ingest service / bare", ("ingest_service", "rate"), ("ingest_bare", "rate"), "-"),
+        ("ingest service / naive", ("ingest_service", "rate"), ("ingest_naive", "rate"), ">= 1.5"),
         # Issue 13's restated target: against bare + verify + orjson.loads, storing nothing.
         (
             "ingest service / verified",
