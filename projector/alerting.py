@@ -15,8 +15,9 @@ import aiohttp
 import structlog
 
 from projector import alerts
+from projector.config import Settings
 from projector.metrics import Metrics
-from projector.storage.port import AlertOutbox, FailedAttempt, Projector
+from projector.storage.port import AlertOutbox, FailedAttempt, Projector, Storage
 
 logger = structlog.get_logger("projector.alerting")
 
@@ -188,3 +189,17 @@ def _described(message: alerts.Message) -> dict[str, object]:
         "first_seq": message.alerts[0].seq,
         "count": len(message.alerts),
     }
+
+
+def alert_loop_for(settings: Settings, storage: Storage, metrics: Metrics) -> AlertLoop | None:
+    """The alert loop `PROJECTOR_ALERT_URL` asks for on `storage`, or None when it is unset."""
+    if not settings.alert_url:
+        return None
+    return AlertLoop(
+        storage.alerts,
+        storage.projector,
+        settings.alert_url,
+        max_per_minute=settings.alert_max_per_minute,
+        retry_seconds=settings.alert_retry_seconds,
+        metrics=metrics,
+    )

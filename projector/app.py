@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from projector import api, apidocs, changes, health, metrics, ui
-from projector.alerting import AlertLoop
+from projector.alerting import AlertLoop, alert_loop_for
 from projector.answercache import AnswerCache
 from projector.config import Settings
 from projector.receiver import make_receiver
@@ -94,15 +94,7 @@ def build_app(
         answers.follow(storage.shared_changes)
     change_hub = changes.add_change_stream(app, settings, storage.reads)
     app[STORAGE] = storage
-    if settings.alert_url:
-        alert_loop = AlertLoop(
-            storage.alerts,
-            storage.projector,
-            settings.alert_url,
-            max_per_minute=settings.alert_max_per_minute,
-            retry_seconds=settings.alert_retry_seconds,
-            metrics=observed,
-        )
+    alert_loop = alert_loop_for(settings, storage, observed)
     app[api.READS] = storage.reads
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from projector.alerting import AlertLoop
+from projector.alerting import AlertLoop, alert_loop_for
 from projector.app import project_continuously
 from projector.config import ConfigError, Settings
 from projector.metrics import Metrics
@@ -107,15 +107,7 @@ async def run_writer(settings: Settings, worker: WorkerRole) -> None:
         await storage.open()
     except OPEN_ERRORS as exc:
         raise unusable(settings.db, f"cannot open the log ({exc})") from None
-    if settings.alert_url:
-        alert_loop = AlertLoop(
-            storage.alerts,
-            storage.projector,
-            settings.alert_url,
-            max_per_minute=settings.alert_max_per_minute,
-            retry_seconds=settings.alert_retry_seconds,
-            metrics=observed,
-        )
+    alert_loop = alert_loop_for(settings, storage, observed)
     tasks = [asyncio.create_task(project_continuously(storage.projector, read_models_changed))]
     if alert_loop is not None:
         tasks.append(asyncio.create_task(alert_loop.run()))
