@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 import aiohttp
 import structlog
 
-from projector.config import Settings
+from projector.config import ConfigError, Settings
 from projector.server import print_welcome, seed_empty_log
 from projector.storage.engine import open_reads
 from projector.worker_roles import HTTP, NAME_ENV, PIPE_ENV, ROLE_ENV, SOCKET_ENV, WRITER
@@ -228,8 +229,31 @@ async def _terminate(children: list[Child]) -> None:
             await child.process.wait()
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Raise ConfigError if something already listens on host:port.
+
+    The workers bind with SO_REUSEPORT, which lets any process of this user share the port:
+    without this check, a second `serve --workers N` (or an old one never stopped) would
+    silently take half of the connections. The probe binds without SO_REUSEPORT, so any
+    listener refuses it; SO_REUSEADDR lets it pass connections left in TIME_WAIT.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another address "
+            "with --host/--port or PROJECTOR_HOST/PROJECTOR_PORT, or stop what listens there"
+        ) from None
+
+
 def supervise(settings: Settings, seed: list[bytes] | None) -> int:
     """Run `serve --workers N` (N > 1) until stopped; returns the exit code."""
+    check_port_free(settings.host, settings.port)
     # The writer's socket (SQLite only) lives in a directory of this user's alone (0700).
     sqlite = isinstance(settings.db, Path)
     rundir = Path(tempfile.mkdtemp(prefix="projector-workers-")) if sqlite else None

@@ -249,8 +249,15 @@ def writer_socket(pids: dict[str, int]) -> Path:
     return Path(found[0].split(b"=", 1)[1].decode())
 
 
-def test_a_child_configuration_error_stops_the_supervisor_with_exit_2(tmp_path: Path) -> None:
-    with socket.socket() as taken:  # held without SO_REUSEPORT: no worker can share it
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_a_port_already_listened_on_stops_the_supervisor_before_any_child_starts(
+    tmp_path: Path, reuse_port: bool
+) -> None:
+    """Even a listener that allows SO_REUSEPORT (another `--workers` service of this user,
+    say) is refused: the workers would otherwise share its connections without a word."""
+    with socket.socket() as taken:
+        if reuse_port:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
@@ -265,7 +272,19 @@ def test_a_child_configuration_error_stops_the_supervisor_with_exit_2(tmp_path: 
         )
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert "worker_configuration_error" in result.stderr
+    assert "worker_started" not in result.stderr
+
+
+def test_a_child_configuration_error_stops_the_supervisor_with_exit_2(tmp_path: Path) -> None:
+    """The writer process cannot open a log newer than this code: exit 2, saying why."""
+    db = tmp_path / "newer.sqlite3"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 99")
+        conn.execute("CREATE TABLE written_by_a_newer_release (x)")
+    result = run_cli("serve", "--workers", "2", env=service_env(db), timeout=60)
+    assert result.returncode == 2
+    assert "log schema version 99" in result.stderr
+    assert "writer_failed_to_start" in result.stderr
 
 
 @pytest.mark.parametrize(
