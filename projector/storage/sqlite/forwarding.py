@@ -214,6 +214,10 @@ class WorkerStorage:
         await self.log.open()
 
     async def close(self) -> None:
-        await self.log.close()
-        await self._readers.close()
-        self._changes.close()
+        # The readers' threads are not daemons: left open, they would keep the process from
+        # exiting, whatever the connection to the writer did.
+        try:
+            await self.log.close()
+        finally:
+            await self._readers.close()
+            self._changes.close()
