@@ -14,8 +14,10 @@ from hypothesis import settings as hypothesis_settings
 
 from projector.app import build_app
 from projector.config import Settings, load_settings
+from projector.storage.location import PostgresUrl
 from projector.storage.queries import SQLITE, SqlReads
 from projector.storage.sqlite.readers import ReaderPool
+from tests.postgres_support import fresh_database
 from tests.storage_support import populated_log
 from tests.support import READ_TOKEN, SIGNING_KEYS, Service
 
@@ -82,3 +84,17 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A client session for tests that talk to a server by URL."""
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+def pg_url() -> Iterator[PostgresUrl]:
+    """A fresh PostgreSQL database of the test's own (skipped, or failed, without a server)."""
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def other_url() -> Iterator[PostgresUrl]:
+    """A second fresh database, for tests that copy or compare between two."""
+    with fresh_database() as url:
+        yield url

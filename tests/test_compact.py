@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ from projector.storage.sqlite import chain, log, projection, replay
 from projector.storage.sqlite.adapter import SqliteMaintenance
 from projector.storage.sqlite.readers import ReaderPool
 from tests.contract_support import every_answer
-from tests.postgres_support import fresh_database, opened, raw
+from tests.postgres_support import opened, raw
 from tests.storage_support import (
     ODD_BODY,
     append_as_version_3,
@@ -185,12 +184,6 @@ def test_the_migration_refuses_a_row_below_the_chain_and_changes_nothing(db_path
 
 
 # --- PostgreSQL: schema version 2 to 3 --------------------------------------------------------
-
-
-@pytest.fixture
-def pg_url() -> Iterator[PostgresUrl]:
-    with fresh_database() as url:
-        yield url
 
 
 async def version_2_database(url: PostgresUrl, rows: list[tuple[Any, ...]]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +16,12 @@ from projector.storage.location import Location, PostgresUrl
 from projector.storage.port import Maintenance
 from projector.storage.rows import StoredRow
 from projector.storage.sqlite import log
-from tests.postgres_support import fresh_database, query
+from tests.postgres_support import query
 from tests.storage_support import ODD_BODY, new_delivery, open_log, populated_log, sample_deliveries
 from tests.support import run_cli, service_env
 
 ENVIRONMENTS = ("test", "live")
 PASSWORD = "c0py-s3cret"  # the server trusts 127.0.0.1: a password is accepted, never needed
-
-
-@pytest.fixture
-def pg_url() -> Iterator[PostgresUrl]:
-    with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture
-def other_url() -> Iterator[PostgresUrl]:
-    with fresh_database() as url:
-        yield url
 
 
 def with_password(url: PostgresUrl) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -12,15 +11,9 @@ from projector.app import build_app
 from projector.config import load_settings
 from projector.storage.location import PostgresUrl
 from projector.storage.port import Overloaded
-from tests.postgres_support import eventually, fold_all, fresh_database, opened, query
+from tests.postgres_support import eventually, fold_all, opened, query
 from tests.storage_support import sample_deliveries
 from tests.support import AUTH, READ_TOKEN, SIGNING_KEYS
-
-
-@pytest.fixture
-def pg_url() -> Iterator[PostgresUrl]:
-    with fresh_database() as url:
-        yield url
 
 
 async def test_the_shared_read_queries_run_on_postgresql(pg_url: PostgresUrl) -> None:

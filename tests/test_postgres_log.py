@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,9 @@ from projector.storage.postgres.appends import append_rows
 from projector.storage.rows import logical_form, row_content
 from projector.storage.sqlite import log
 from projector.storage.sqlite.chain import head_hash
-from tests.postgres_support import eventually, fresh_database, opened, query, raw
+from tests.postgres_support import eventually, opened, query, raw
 from tests.storage_support import ODD_BODY, new_delivery, sample_deliveries
 from tests.support import free_port
-
-
-@pytest.fixture
-def pg_url() -> Iterator[PostgresUrl]:
-    with fresh_database() as url:
-        yield url
 
 
 async def test_appends_get_seqs_from_one_and_rows_are_stored_as_given(pg_url: PostgresUrl) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,20 +17,8 @@ from projector.storage.postgres.appends import stored_rows_for_postgres
 from projector.storage.postgres.maintenance import PostgresMaintenance
 from projector.storage.rows import RowsDoNotContinue, StoredRow
 from projector.storage.sqlite import chain, log
-from tests.postgres_support import fresh_database, opened, positions, query, raw
+from tests.postgres_support import opened, positions, query, raw
 from tests.storage_support import NAMES, ODD_BODY, new_delivery, sample_deliveries
-
-
-@pytest.fixture
-def pg_url() -> Iterator[PostgresUrl]:
-    with fresh_database() as url:
-        yield url
-
-
-@pytest.fixture
-def other_url() -> Iterator[PostgresUrl]:
-    with fresh_database() as url:
-        yield url
 
 
 async def _populate(url: PostgresUrl, count: int = 120) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +16,6 @@ from projector.storage.postgres import folding, open_maintenance
 from tests.postgres_support import (
     eventually,
     fold_all,
-    fresh_database,
     opened,
     positions,
     query,
@@ -34,12 +32,6 @@ from tests.storage_support import (
     rebuilt,
     sample_deliveries,
 )
-
-
-@pytest.fixture
-def pg_url() -> Iterator[PostgresUrl]:
-    with fresh_database() as url:
-        yield url
 
 
 async def test_folding_as_deliveries_arrive_equals_a_rebuild_here_and_on_sqlite(

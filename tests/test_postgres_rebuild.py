@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,8 @@ from projector.storage.location import PostgresUrl
 from projector.storage.port import LogSchemaError, RebuildSuperseded
 from projector.storage.postgres import PostgresStorage, rebuild, schema
 from projector.storage.postgres.connect import connect
-from tests.postgres_support import fold_all, fresh_database, opened, positions, query, read_models
+from tests.postgres_support import fold_all, opened, positions, query, read_models
 from tests.storage_support import NAMES, rebuilt, sample_deliveries
-
-
-@pytest.fixture
-def pg_url() -> Iterator[PostgresUrl]:
-    with fresh_database() as url:
-        yield url
 
 
 async def test_a_rebuild_swaps_in_while_appends_keep_committing_and_equals_live(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -58,12 +57,6 @@ class TestPostgresStorage(StorageContract):
             await conn.execute(
                 "ALTER TABLE deliveries ENABLE TRIGGER deliveries_no_update_or_delete"
             )
-
-
-@pytest.fixture
-def pg_url() -> Iterator[PostgresUrl]:
-    with fresh_database() as url:
-        yield url
 
 
 async def test_the_same_deliveries_give_the_same_rows_head_hash_and_answers_on_both_engines(
