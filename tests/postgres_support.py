@@ -52,7 +52,14 @@ def fresh_database() -> Iterator[PostgresUrl]:
         if os.environ.get("PROJECTOR_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"PROJECTOR_REQUIRE_POSTGRES=1 but {problem}")
         pytest.skip(problem)
-    name = f"refold_test_{uuid.uuid4().hex[:16]}"
+    with scratch_database("refold_test_") as url:
+        yield url
+
+
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[PostgresUrl]:
+    """A new database named `prefix` and a unique suffix; dropped, connections and all, after."""
+    name = f"{prefix}{uuid.uuid4().hex[:16]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
     try:

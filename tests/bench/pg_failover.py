@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import time
 from pathlib import Path
-from types import TracebackType
 
 import psycopg
 
@@ -30,7 +28,7 @@ FIRST_BODY = 30_000_000  # past the ingest bodies' numbers: every delivery is di
 GIVE_UP_SECONDS = 60.0
 
 
-class Poster:
+class Poster(probes.BackgroundLoop):
     """Posts a delivery every POST_EVERY to each target in turn; records what was acked."""
 
     def __init__(self, urls: list[str], first: int) -> None:
@@ -38,18 +36,7 @@ class Poster:
         self.acked: dict[int, bytes] = {}  # seq -> body
         self.refused = 0
         self._next = first
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="failover-poster")
-
-    def __enter__(self) -> Poster:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._stop.set()
-        self._thread.join(30)
+        super().__init__("failover-poster")
 
     def _run(self) -> None:
         turn = 0

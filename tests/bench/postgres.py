@@ -12,14 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import shutil
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -28,9 +24,9 @@ from projector.storage.location import PostgresUrl
 from projector.storage.postgres import schema
 from projector.storage.postgres.connect import connect
 from tests.bench import pg_ceiling, pg_failover, pg_rebuild, pg_service, pg_table
-from tests.bench.run import RESULTS, Figures
+from tests.bench.run import RESULTS, Figures, write_report
 from tests.bench.workload import write_signed
-from tests.postgres_support import ADMIN_URL, with_database
+from tests.postgres_support import ADMIN_URL, scratch_database
 
 SECTIONS = ("ceiling", "ingest", "lag", "failover", "rebuild")
 MACHINE = "2 cores shared by PostgreSQL, the service processes and the load generator"
@@ -48,14 +44,8 @@ def server_problem() -> str | None:
 @contextmanager
 def bench_database() -> Iterator[PostgresUrl]:
     """A new database of our own (projector_bench_*), dropped with its connections after."""
-    name = f"projector_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield PostgresUrl(with_database(ADMIN_URL, name))
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database("projector_bench_") as url:
+        yield url
 
 
 async def _migrate(url: PostgresUrl) -> None:
@@ -166,18 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         once.update(rebuild_run(args.rebuild_size))
     once = {name: pg_service.as_numbers(f) for name, f in once.items()}
     summary = pg_table.summarise(rounds) if rounds and rounds[0] else {}
-    when = datetime.now(UTC).isoformat(timespec="seconds")
-    report = {
-        "when": when,
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}; {MACHINE}",
-        "command": " ".join(["python -m tests.bench.postgres", *(argv or sys.argv[1:])]),
-        "rounds": rounds,
-        "summary": summary,
-        "once": once,
-    }
-    path = RESULTS / f"postgres-{when.replace(':', '')}.json"
-    path.write_text(json.dumps(report, indent=1))
+    path = write_report(
+        "tests.bench.postgres",
+        argv,
+        "postgres-{when}.json",
+        MACHINE,
+        rounds=rounds,
+        summary=summary,
+        once=once,
+    )
     print(pg_table.table(summary, rounds, once, MACHINE))
     print(f"\nwritten to {path.relative_to(RESULTS.parent)}")
     return 0

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from projector.signature import SIGNATURE_HEADER, sign_body
@@ -24,20 +24,18 @@ def _connection(url: str) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
 
 
-class LagProbe:
-    """While load runs: post a marker delivery, time from its 200 until the banner shows it.
+class BackgroundLoop:
+    """Runs `_run` in a thread of its own for the span of a `with` block; `_run` returns
+    once `self._stop` is set, which leaving the block does."""
 
-    The banner is read from `read_url` if given (another process on the same log), else `url`.
-    """
-
-    def __init__(self, url: str, token: str, read_url: str | None = None) -> None:
-        self._url, self._token = url, token
-        self._read_url = read_url or url
+    def __init__(self, name: str) -> None:
         self._stop = threading.Event()
-        self._lags: list[float] = []
-        self._thread = threading.Thread(target=self._run, name="lag-probe")
+        self._thread = threading.Thread(target=self._run, name=name)
 
-    def __enter__(self) -> LagProbe:
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -46,6 +44,19 @@ class LagProbe:
     ) -> None:
         self._stop.set()
         self._thread.join(30)
+
+
+class LagProbe(BackgroundLoop):
+    """While load runs: post a marker delivery, time from its 200 until the banner shows it.
+
+    The banner is read from `read_url` if given (another process on the same log), else `url`.
+    """
+
+    def __init__(self, url: str, token: str, read_url: str | None = None) -> None:
+        self._url, self._token = url, token
+        self._read_url = read_url or url
+        self._lags: list[float] = []
+        super().__init__("lag-probe")
 
     def _run(self) -> None:
         post, read = _connection(self._url), _connection(self._read_url)

@@ -225,6 +225,27 @@ def prepare_logs(size: int) -> dict[int, Path]:
     return logs
 
 
+def write_report(
+    module: str, argv: list[str] | None, name: str, machine_note: str = "", **figures: Any
+) -> Path:
+    """Write one bench run's figures as JSON under bench-results/ (`name` may hold {when}),
+    stamped with when, on what machine and by which command."""
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    machine = (
+        f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
+    )
+    report = {
+        "when": when,
+        "machine": f"{machine}; {machine_note}" if machine_note else machine,
+        "command": " ".join([f"python -m {module}", *(argv or sys.argv[1:])]),
+        **figures,
+    }
+    path = RESULTS / name.format(when=when.replace(":", ""))
+    path.write_text(json.dumps(report, indent=1))
+    return path
+
+
 def summarise(rounds: list[dict[str, Figures]]) -> dict[str, dict[str, dict[str, float]]]:
     """For every run and figure: median, min and max across rounds."""
     summary: dict[str, dict[str, dict[str, float]]] = {}
@@ -276,16 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds.append(figures)
         print(f"round {number}: {json.dumps(figures)}", flush=True)
     summary = summarise(rounds)
-    report = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}",
-        "command": " ".join(["python -m tests.bench.run", *(argv or sys.argv[1:])]),
-        "rounds": rounds,
-        "summary": summary,
-    }
-    path = RESULTS / f"{report['when'].replace(':', '')}.json"
-    path.write_text(json.dumps(report, indent=1))
+    path = write_report("tests.bench.run", argv, "{when}.json", rounds=rounds, summary=summary)
     print(probes.table(summary, rounds, args.log_size))
     print(f"\nwritten to {path.relative_to(REPO)}")
     return 0

@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.bench import probes
-from tests.bench.run import BENCH, RESULTS, Figures, Server, summarise, wrk
+from tests.bench.run import BENCH, RESULTS, Figures, Server, summarise, write_report, wrk
 from tests.bench.workload import write_signed
 from tests.support import REPO, service_env
 
@@ -195,18 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         rounds.append(figures)
         print(f"round {number}: {json.dumps(figures)}", flush=True)
     summary = summarise(rounds)
-    when = datetime.now(UTC).isoformat(timespec="seconds")
-    report = {
-        "when": when,
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}",
-        "command": " ".join(["python -m tests.bench.slow_fsync", *(argv or sys.argv[1:])]),
-        "flush_check": flushes,
-        "rounds": rounds,
-        "summary": summary,
-    }
-    path = RESULTS / f"{when.replace(':', '')}-slow-fsync.json"
-    path.write_text(json.dumps(report, indent=1))
+    path = write_report(
+        "tests.bench.slow_fsync",
+        argv,
+        "{when}-slow-fsync.json",
+        flush_check=flushes,
+        rounds=rounds,
+        summary=summary,
+    )
     print(table(summary, rounds, args.ms))
     print(f"\nwritten to {path.relative_to(REPO)}")
     shutil.rmtree(work, ignore_errors=True)
